@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: MIT
+// Stand-ins for what production gets from outside npm: tokens, price feeds, Multicall3.
+// Written for perp-keeper's devnet; deliberately minimal.
+pragma solidity 0.8.24;
+
+/// A plain ERC-20 whose owner may mint: stands in for USDC (6 decimals) on the devnet.
+contract TestToken {
+    string public name;
+    string public symbol;
+    uint8 public immutable decimals;
+    address public immutable owner;
+    uint256 public totalSupply;
+    mapping(address => uint256) public balanceOf;
+    mapping(address => mapping(address => uint256)) public allowance;
+
+    event Transfer(address indexed from, address indexed to, uint256 value);
+    event Approval(address indexed owner, address indexed spender, uint256 value);
+
+    constructor(string memory name_, string memory symbol_, uint8 decimals_) {
+        name = name_;
+        symbol = symbol_;
+        decimals = decimals_;
+        owner = msg.sender;
+    }
+
+    function mint(address to, uint256 amount) external {
+        require(msg.sender == owner, "TT_NO");
+        totalSupply += amount;
+        balanceOf[to] += amount;
+        emit Transfer(address(0), to, amount);
+    }
+
+    function approve(address spender, uint256 amount) external returns (bool) {
+        allowance[msg.sender][spender] = amount;
+        emit Approval(msg.sender, spender, amount);
+        return true;
+    }
+
+    function transfer(address to, uint256 amount) external returns (bool) {
+        _transfer(msg.sender, to, amount);
+        return true;
+    }
+
+    function transferFrom(address from, address to, uint256 amount) external returns (bool) {
+        uint256 allowed = allowance[from][msg.sender];
+        if (allowed != type(uint256).max) {
+            require(allowed >= amount, "ERC20: transfer amount exceeds allowance");
+            allowance[from][msg.sender] = allowed - amount;
+        }
+        _transfer(from, to, amount);
+        return true;
+    }
+
+    function _transfer(address from, address to, uint256 amount) internal {
+        require(balanceOf[from] >= amount, "ERC20: transfer amount exceeds balance");
+        balanceOf[from] -= amount;
+        balanceOf[to] += amount;
+        emit Transfer(from, to, amount);
+    }
+}
+
+/// Wrapped ether with the WETH9 interface (deposit / withdraw / ERC-20).
+contract WETH9 {
+    string public constant name = "Wrapped Ether";
+    string public constant symbol = "WETH";
+    uint8 public constant decimals = 18;
+    mapping(address => uint256) public balanceOf;
+    mapping(address => mapping(address => uint256)) public allowance;
+
+    event Transfer(address indexed from, address indexed to, uint256 value);
+    event Approval(address indexed owner, address indexed spender, uint256 value);
+    event Deposit(address indexed to, uint256 value);
+    event Withdrawal(address indexed from, uint256 value);
+
+    receive() external payable {
+        deposit();
+    }
+
+    function deposit() public payable {
+        balanceOf[msg.sender] += msg.value;
+        emit Deposit(msg.sender, msg.value);
+    }
+
+    function withdraw(uint256 amount) external {
+        require(balanceOf[msg.sender] >= amount, "WETH: balance");
+        balanceOf[msg.sender] -= amount;
+        emit Withdrawal(msg.sender, amount);
+        (bool ok, ) = msg.sender.call{value: amount}("");
+        require(ok, "WETH: send");
+    }
+
+    function totalSupply() external view returns (uint256) {
+        return address(this).balance;
+    }
+
+    function approve(address spender, uint256 amount) external returns (bool) {
+        allowance[msg.sender][spender] = amount;
+        emit Approval(msg.sender, spender, amount);
+        return true;
+    }
+
+    function transfer(address to, uint256 amount) external returns (bool) {
+        return transferFrom(msg.sender, to, amount);
+    }
+
+    function transferFrom(address from, address to, uint256 amount) public returns (bool) {
+        require(balanceOf[from] >= amount, "WETH: balance");
+        if (from != msg.sender && allowance[from][msg.sender] != type(uint256).max) {
+            require(allowance[from][msg.sender] >= amount, "WETH: allowance");
+            allowance[from][msg.sender] -= amount;
+        }
+        balanceOf[from] -= amount;
+        balanceOf[to] += amount;
+        emit Transfer(from, to, amount);
+        return true;
+    }
+}
+
+/// A settable price feed that answers both interfaces Perp v2 asks of a feed:
+/// BaseToken's IPriceFeedDispatcher and CollateralManager's IPriceFeed. Every interval
+/// returns the current price (a TWAP of a constant is that constant).
+contract SettablePriceFeed {
+    uint8 public immutable decimals;
+    address public immutable owner;
+    uint256 public price;
+
+    event PriceSet(uint256 price);
+
+    constructor(uint8 decimals_, uint256 price_) {
+        decimals = decimals_;
+        owner = msg.sender;
+        price = price_;
+    }
+
+    function setPrice(uint256 price_) external {
+        require(msg.sender == owner, "PF_NO");
+        price = price_;
+        emit PriceSet(price_);
+    }
+
+    function getPrice(uint256) external view returns (uint256) {
+        return price;
+    }
+
+    function getDispatchedPrice(uint256) external view returns (uint256) {
+        return price;
+    }
+
+    function dispatchPrice(uint256) external {}
+}
+
+/// The Multicall3 interface the keeper uses (aggregate3 and block getters), for chains that lack it.
+contract Multicall3 {
+    struct Call3 {
+        address target;
+        bool allowFailure;
+        bytes callData;
+    }
+
+    struct Result {
+        bool success;
+        bytes returnData;
+    }
+
+    function aggregate3(Call3[] calldata calls) external payable returns (Result[] memory returnData) {
+        uint256 length = calls.length;
+        returnData = new Result[](length);
+        for (uint256 i = 0; i < length; i++) {
+            Call3 calldata call = calls[i];
+            Result memory result = returnData[i];
+            (result.success, result.returnData) = call.target.call(call.callData);
+            if (!result.success && !call.allowFailure) {
+                revert("Multicall3: call failed");
+            }
+        }
+    }
+
+    function getBlockNumber() external view returns (uint256) {
+        return block.number;
+    }
+
+    function getCurrentBlockTimestamp() external view returns (uint256) {
+        return block.timestamp;
+    }
+
+    function getEthBalance(address account) external view returns (uint256) {
+        return account.balance;
+    }
+
+    function getBasefee() external view returns (uint256) {
+        return block.basefee;
+    }
+
+    function getChainId() external view returns (uint256) {
+        return block.chainid;
+    }
+}
