@@ -45,6 +45,9 @@ class Artifact:
 
 def artifact_path(name: str) -> Path:
     """The hardhat artifact of a real (third-party) contract."""
+    if name == "IERC20Metadata":
+        root = toolchain.package_dir(toolchain.PERP_CONTRACTS) / "artifacts/contracts/interface"
+        return root / "IERC20Metadata.sol/IERC20Metadata.json"
     if name in PERP_CONTRACTS:
         root = toolchain.package_dir(toolchain.PERP_CONTRACTS) / "artifacts/contracts"
         return root / f"{name}.sol/{name}.json"

@@ -42,6 +42,16 @@ class DevChain:
         self.rpc("anvil_setBlockTimestampInterval", 1)
         self.rpc("anvil_autoImpersonateAccount", True)
 
+    def resume_clock(self) -> None:
+        """After `anvil --load-state`, continue from the saved head's time, not the wall clock.
+
+        A loaded anvil would stamp its next block with the current time, far from the saved
+        chain's (funding and TWAPs would jump); set the node's clock back to the head's instead
+        (`evm_setNextBlockTimestamp` refuses a time before the wall clock there).
+        """
+        self.rpc("anvil_setTime", self.timestamp())
+        self.make_deterministic()
+
     def timestamp(self) -> int:
         return int(self.w3.eth.get_block("latest")["timestamp"])
 

@@ -9,6 +9,7 @@ manager. See docs/devnet.md for why each step is there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from web3.contract import Contract
@@ -86,7 +87,6 @@ class Deployment:
                 "name": f"contracts/{solidity}.sol:{solidity}",
             }
         weth = self.contracts["WETH9"]
-        usdc = self.contracts["USDC"]
         quote = self.contracts["QuoteToken"]
         assert self.weth_price_feed is not None
         return {
@@ -113,7 +113,6 @@ class Deployment:
                 }
                 for m in self.markets.values()
             ],
-            "usdc": {"address": usdc.address, "decimals": 6},
         }
 
 
@@ -293,7 +292,7 @@ class Deployer:
         usdc_is_token0 = int(usdc.address, 16) < int(weth.address, 16)
         # price = token1 per token0
         if usdc_is_token0:
-            sqrt_price = units.sqrt_price_x96(1 / units.Fraction(WETH_PRICE), 6, 18)
+            sqrt_price = units.sqrt_price_x96(1 / Fraction(WETH_PRICE), 6, 18)
         else:
             sqrt_price = units.sqrt_price_x96(WETH_PRICE, 18, 6)
         send(pool.functions.initialize(sqrt_price))

@@ -16,7 +16,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_typing import ChecksumAddress
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from devnet import units
 from devnet.chain import DevChain
@@ -77,7 +77,9 @@ class ScenarioBuilder:
         self.chain.send(self.deployment["Vault"].functions.depositEther(), trader.address, value=amount)
 
     # --- trading ------------------------------------------------------------------------------
-    def open_position(self, trader: Trader, symbol: str, side: str, notional_usd: str | int) -> None:
+    def open_position(
+        self, trader: Trader, symbol: str, side: str, notional_usd: str | int | Decimal
+    ) -> None:
         """Open (or add to) a taker position of `notional_usd` worth of quote, long or short."""
         if side not in ("long", "short"):
             raise ValueError(f"side must be long or short, not {side!r}")

@@ -138,7 +138,7 @@ def _npm_pack(pkg: NpmPackage, dest: Path) -> Path:
         raise ToolchainError(
             f"`npm pack {pkg.spec}` failed (is the npm registry reachable?): {detail or proc.stderr[-400:]}"
         )
-    filename = json.loads(proc.stdout)[0]["filename"]
+    filename = str(json.loads(proc.stdout)[0]["filename"])
     return dest / filename
 
 

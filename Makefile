@@ -1,0 +1,57 @@
+# perp-keeper: the README's commands. `make demo` and `make test` do all set-up themselves.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+
+.PHONY: setup tools toolchain demo devnet test lint typecheck unit chain bench clean
+
+setup: $(VENV)/.installed toolchain
+
+# node and npm fetch anvil and the contract artifacts from the npm registry.
+tools:
+	@command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing nodejs and npm with apt-get" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "perp-keeper needs node and npm: install Node.js (e.g. sudo apt-get install nodejs npm)" >&2; exit 2; \
+	  fi; }
+
+$(VENV)/.installed: requirements-dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	touch $@
+
+toolchain: tools $(VENV)/.installed
+	$(BIN)/python -m devnet.toolchain
+
+# The embedded default: the real Perp v2 contracts on a local devnet with every kind of account.
+demo: setup
+	$(BIN)/perp-keeper devnet up --scenario all-kinds --once
+
+# The same devnet, left running for a keeper (or you) to use; Ctrl-C stops it.
+devnet: setup
+	$(BIN)/perp-keeper devnet up --scenario all-kinds
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/pytest
+
+unit: setup
+	$(BIN)/pytest -m "not chain"
+
+chain: setup
+	$(BIN)/pytest -m chain
+
+bench: setup
+	$(BIN)/python bench/devnet_startup.py
+
+clean:
+	rm -rf $(VENV) .cache state .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,124 @@
+"""`perp-keeper devnet up`: anvil + the real Perp v2 deployment + a scenario, ready to point a keeper at."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from devnet import toolchain
+from devnet.anvil import Anvil
+from devnet.chain import DevChain
+from devnet.deploy import Deployment, deploy
+from devnet.scenario import ScenarioBuilder, build
+
+GENESIS_TIMESTAMP = 1_700_000_000  # fixed, so every devnet run is the same chain
+
+
+@dataclass
+class Devnet:
+    anvil: Anvil
+    chain: DevChain
+    deployment: Deployment
+    scenario: ScenarioBuilder
+    metadata_path: Path
+
+    @property
+    def url(self) -> str:
+        return self.anvil.url
+
+    def stop(self) -> None:
+        self.anvil.stop()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def start(
+    scenario: str = "all-kinds",
+    port: int = 0,
+    out_dir: Path = Path("state/devnet"),
+    log: bool = True,
+) -> Devnet:
+    """Start anvil, deploy, build `scenario`, write metadata + scenario manifest into `out_dir`."""
+    say = _log if log else (lambda _m: None)
+    toolchain.ensure()
+    anvil = Anvil(port=port, extra_args=["--timestamp", str(GENESIS_TIMESTAMP)]).start()
+    try:
+        chain = DevChain(anvil.url)
+        t0 = time.monotonic()
+        say("deploying Perp v2 (curie 2.8.4), Uniswap v3 and stand-ins ...")
+        deployment = deploy(chain)
+        say(f"  deployed in {time.monotonic() - t0:.1f} s")
+        t1 = time.monotonic()
+        say(f"building scenario {scenario!r} ...")
+        builder = build(deployment, scenario)
+        say(f"  {len(builder.traders)} accounts in {time.monotonic() - t1:.1f} s")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metadata_path = out_dir / "metadata.json"
+        metadata_path.write_text(json.dumps(deployment.metadata(), indent=2) + "\n")
+        manifest = {"scenario": scenario, **builder.manifest()}
+        (out_dir / "scenario.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    except BaseException:
+        anvil.stop()
+        raise
+    return Devnet(anvil, chain, deployment, builder, metadata_path.resolve())
+
+
+def dump_state(devnet: Devnet, path: Path) -> None:
+    """Write the chain state in the format `anvil --load-state` reads."""
+    raw = devnet.chain.rpc("anvil_dumpState")
+    data = bytes.fromhex(raw.removeprefix("0x"))
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def risk_report(devnet: Devnet, out: TextIO = sys.stdout) -> None:
+    """The scenario's accounts, riskiest first, read from the contracts' own views."""
+    d = devnet.deployment
+    clearing_house, account_balance, vault = d["ClearingHouse"], d["AccountBalance"], d["Vault"]
+    rows = []
+    for trader in devnet.scenario.traders.values():
+        value = clearing_house.functions.getAccountValue(trader.address).call()
+        requirement = account_balance.functions.getMarginRequirementForLiquidation(trader.address).call()
+        has_order = account_balance.functions.hasOrder(trader.address).call()
+        vault_liquidatable = vault.functions.isLiquidatable(trader.address).call()
+        position_value = account_balance.functions.getTotalAbsPositionValue(trader.address).call()
+        kinds = []
+        if value < requirement:
+            kinds.append("maker" if has_order else "taker")
+        if vault_liquidatable:
+            kinds.append("collateral")
+        ratio = value / position_value if position_value else float("inf")
+        rows.append((ratio, trader.label, trader.address, value, requirement, ",".join(kinds) or "-"))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    header = (
+        f"{'account':<28} {'address':<42} {'account value':>14} {'mm requirement':>14} {'margin':>8}"
+        "  liquidatable"
+    )
+    print(header, file=out)
+    for ratio, label, address, value, requirement, kind in rows:
+        margin = f"{ratio:8.2%}" if ratio != float("inf") else f"{'-':>8}"
+        print(
+            f"{label:<28} {address:<42} {value / 1e18:14,.2f} {requirement / 1e18:14,.2f} {margin}  {kind}",
+            file=out,
+        )
+
+
+def serve_until_interrupted(devnet: Devnet) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    _log("devnet is up; Ctrl-C stops it")
+    while not stop.wait(0.5):
+        pass
+    devnet.stop()

@@ -1,0 +1,82 @@
+"""`perp-keeper`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perp-keeper",
+        description="Liquidation keeper for Perpetual Protocol v2 (Curie).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    devnet = commands.add_parser("devnet", help="a local devnet running the real Perp v2 contracts")
+    devnet_commands = devnet.add_subparsers(dest="devnet_command", required=True, metavar="ACTION")
+    up = devnet_commands.add_parser(
+        "up",
+        help="start anvil, deploy Perp v2 and build a scenario",
+        description="Start anvil, deploy the real Perp v2 contracts, build a scenario, write the "
+        "deployment metadata, print the accounts at risk, and serve until interrupted.",
+    )
+    from devnet.scenario import SCENARIOS
+
+    up.add_argument("--scenario", default="all-kinds", choices=sorted(SCENARIOS), help="default: all-kinds")
+    up.add_argument("--port", type=_port, default=0, help="RPC port (default: a free one)")
+    up.add_argument("--out-dir", type=Path, default=Path("state/devnet"), help="where metadata.json goes")
+    up.add_argument("--state-out", type=Path, help="also write an anvil state dump (for anvil --load-state)")
+    up.add_argument("--once", action="store_true", help="print the report and exit instead of serving")
+    return parser
+
+
+def _devnet_up(args: argparse.Namespace) -> int:
+    from devnet import up
+    from devnet.toolchain import ToolchainError
+
+    try:
+        net = up.start(scenario=args.scenario, port=args.port, out_dir=args.out_dir)
+    except ToolchainError as exc:
+        print(f"perp-keeper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.state_out:
+            up.dump_state(net, args.state_out)
+            print(f"State:    {args.state_out.resolve()}")
+        print(f"RPC URL:  {net.url}")
+        print(f"Metadata: {net.metadata_path}")
+        print(f"Chain id: {net.chain.w3.eth.chain_id}")
+        print()
+        up.risk_report(net)
+        sys.stdout.flush()
+        if not args.once:
+            up.serve_until_interrupted(net)
+    finally:
+        net.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "devnet" and args.devnet_command == "up":
+        return _devnet_up(args)
+    return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands first
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

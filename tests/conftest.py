@@ -1,0 +1,45 @@
+"""Shared fixtures: one real devnet per session, isolated per test with evm_snapshot/evm_revert.
+
+Tests that use the `devnet` fixture (directly or through `chain`) are marked `chain`
+automatically: `pytest -m chain` selects them, `pytest -m "not chain"` the pure ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from devnet import up
+from devnet.chain import DevChain
+from devnet.scenario import Trader
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[up.Devnet]:
+    net = up.start(scenario="all-kinds", out_dir=tmp_path_factory.mktemp("devnet"), log=False)
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture
+def chain(devnet: up.Devnet) -> Iterator[DevChain]:
+    """The devnet's chain, restored after the test (a snapshot is used up by one revert)."""
+    snapshot = devnet.chain.snapshot()
+    try:
+        yield devnet.chain
+    finally:
+        devnet.chain.revert(snapshot)
+
+
+@pytest.fixture
+def traders(devnet: up.Devnet) -> dict[str, Trader]:
+    return devnet.scenario.traders
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "devnet" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.chain)
