@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
@@ -96,6 +95,3 @@ class DevChain:
             block = receipt["blockNumber"]
             raise TransactionFailedError(f"{call.fn_name} from {sender} failed in block {block}")
         return receipt
-
-    def checksum(self, address: str) -> ChecksumAddress:
-        return Web3.to_checksum_address(address)

@@ -80,7 +80,7 @@ class Deployment:
         for name, contract in self.contracts.items():
             if name in _EXTERNAL:
                 continue
-            solidity = "BaseToken" if name.startswith("v") else name
+            solidity = "BaseToken" if name in self.markets else name
             contracts[name] = {
                 "address": contract.address,
                 "createdBlockNumber": self.created_block[name],

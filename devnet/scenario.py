@@ -63,18 +63,18 @@ class ScenarioBuilder:
             self.traders[label] = Trader(label, address, key, expect, note)
         return self.traders[label]
 
-    def deposit_usdc(self, trader: Trader, amount: int) -> None:
+    def deposit_usdc(self, account: str, amount: int) -> None:
         usdc, vault = self.deployment["USDC"], self.deployment["Vault"]
-        self.chain.send(usdc.functions.mint(trader.address, amount))
-        self.chain.send(usdc.functions.approve(vault.address, UINT256_MAX), trader.address)
-        self.chain.send(vault.functions.deposit(usdc.address, amount), trader.address)
+        self.chain.send(usdc.functions.mint(account, amount))
+        self.chain.send(usdc.functions.approve(vault.address, UINT256_MAX), account)
+        self.chain.send(vault.functions.deposit(usdc.address, amount), account)
 
     def mint_usdc(self, account: str, amount: int) -> None:
         self.chain.send(self.deployment["USDC"].functions.mint(account, amount))
 
-    def deposit_weth(self, trader: Trader, amount: int) -> None:
-        self.chain.set_balance(trader.address, amount + units.ether(100))
-        self.chain.send(self.deployment["Vault"].functions.depositEther(), trader.address, value=amount)
+    def deposit_weth(self, account: str, amount: int) -> None:
+        self.chain.set_balance(account, amount + units.ether(100))
+        self.chain.send(self.deployment["Vault"].functions.depositEther(), account, value=amount)
 
     # --- trading ------------------------------------------------------------------------------
     def open_position(
@@ -177,18 +177,17 @@ class ScenarioBuilder:
 def _liquidity(b: ScenarioBuilder) -> None:
     """Deep maker liquidity in every market (a healthy maker with open orders) and a price mover."""
     lp = b.trader("lp-whale", note="deep liquidity in every market; healthy maker")
-    b.deposit_usdc(lp, units.usdc(50_000_000))
+    b.deposit_usdc(lp.address, units.usdc(50_000_000))
     b.add_liquidity(lp, "vETH", "890", "3560", base="2000", quote="3560000")
     b.add_liquidity(lp, "vBTC", "15000", "60000", base="120", quote="3600000")
     mover = b.trader("price-mover", note="arbitrageur that moves pools to the index; healthy")
-    b.deposit_usdc(mover, units.usdc(10_000_000))
+    b.deposit_usdc(mover.address, units.usdc(10_000_000))
 
 
 def _fund_keeper(b: ScenarioBuilder) -> None:
     """The keeper's devnet wallet: ETH for gas, USDC in the Vault (takeovers) and in the wallet."""
     b.chain.set_balance(KEEPER_ADDRESS, units.ether(1_000))
-    keeper = Trader("keeper", b.chain.checksum(KEEPER_ADDRESS), "", (), "anvil dev account #1")
-    b.deposit_usdc(keeper, units.usdc(1_000_000))
+    b.deposit_usdc(KEEPER_ADDRESS, units.usdc(1_000_000))
     b.mint_usdc(KEEPER_ADDRESS, units.usdc(1_000_000))
 
 
@@ -206,7 +205,7 @@ def scenario_all_kinds(b: ScenarioBuilder) -> None:
 
     def taker(label: str, symbol: str, side: str, margin: int, leverage: str, expect: Expect) -> None:
         t = b.trader(label, expect, f"{side} {symbol} {leverage}x on {margin} USDC")
-        b.deposit_usdc(t, units.usdc(margin))
+        b.deposit_usdc(t.address, units.usdc(margin))
         b.open_position(t, symbol, side, Decimal(margin) * Decimal(leverage))
 
     # ETH will fall 15 % and BTC rise 15 %: longs ETH and shorts BTC lose.
@@ -224,51 +223,51 @@ def scenario_all_kinds(b: ScenarioBuilder) -> None:
     taker("btc-long-3x", "vBTC", "long", 7_000, "3", ())
 
     multi = b.trader("multi-long-eth-short-btc", ("taker",), "long vETH 3.5x + short vBTC 3.5x")
-    b.deposit_usdc(multi, units.usdc(10_000))
+    b.deposit_usdc(multi.address, units.usdc(10_000))
     b.open_position(multi, "vETH", "long", 35_000)
     b.open_position(multi, "vBTC", "short", 35_000)
     hedged = b.trader("multi-hedged", (), "long vETH + long vBTC, low leverage")
-    b.deposit_usdc(hedged, units.usdc(20_000))
+    b.deposit_usdc(hedged.address, units.usdc(20_000))
     b.open_position(hedged, "vETH", "long", 15_000)
     b.open_position(hedged, "vBTC", "long", 15_000)
 
     # A range maker: quote-only order below the price; the fall fills it and leaves a leveraged long.
     range_maker = b.trader("maker-range-eth", ("maker",), "quote-only vETH range 1550-1750")
-    b.deposit_usdc(range_maker, units.usdc(12_000))
+    b.deposit_usdc(range_maker.address, units.usdc(12_000))
     b.add_liquidity(range_maker, "vETH", "1550", "1750", quote="110000")
     # Orders in two markets, both crossed by the moves: needs a cancel per market before liquidation.
     two_markets = b.trader(
         "maker-two-markets", ("maker",), "quote-only vETH 1550-1750 + base-only vBTC 30500-34000"
     )
-    b.deposit_usdc(two_markets, units.usdc(10_000))
+    b.deposit_usdc(two_markets.address, units.usdc(10_000))
     b.add_liquidity(two_markets, "vETH", "1550", "1750", quote="50000")
     b.add_liquidity(two_markets, "vBTC", "30500", "34000", base="1.4")
     in_range = b.trader("maker-in-range", (), "in-range orders in vETH and vBTC; at risk, not liquidatable")
-    b.deposit_usdc(in_range, units.usdc(9_000))
+    b.deposit_usdc(in_range.address, units.usdc(9_000))
     b.add_liquidity(in_range, "vETH", "1400", "2200", base="15", quote="26700")
     b.add_liquidity(in_range, "vBTC", "24000", "37000", base="0.5", quote="15000")
     healthy_maker = b.trader("maker-healthy", (), "well-collateralised vETH range")
-    b.deposit_usdc(healthy_maker, units.usdc(200_000))
+    b.deposit_usdc(healthy_maker.address, units.usdc(200_000))
     b.add_liquidity(healthy_maker, "vETH", "1200", "2400", base="20", quote="35600")
 
     # WETH-only collateral accounts.
     weth_lev = b.trader("weth-leveraged", ("taker", "collateral"), "2 WETH, long vETH ~5x: CH and Vault (a)")
-    b.deposit_weth(weth_lev, units.ether(2))
+    b.deposit_weth(weth_lev.address, units.ether(2))
     b.open_position(weth_lev, "vETH", "long", 14_000)
     weth_threshold = b.trader(
         "weth-debt-threshold", ("collateral",), "100 WETH, long vETH 90k: debt > debtThreshold only"
     )
-    b.deposit_weth(weth_threshold, units.ether(100))
+    b.deposit_weth(weth_threshold.address, units.ether(100))
     b.open_position(weth_threshold, "vETH", "long", 90_000)
     # Realises a loss on vBTC while healthy; the later WETH fall then makes its USDC debt exceed
     # collateral x collateralRatio x debtNonSettlementTokenValueRatio: condition (b) alone.
     weth_ratio = b.trader(
         "weth-debt-ratio", ("collateral",), "1 WETH, realised vBTC loss: debt > collateral x ratio only"
     )
-    b.deposit_weth(weth_ratio, units.ether(1))
+    b.deposit_weth(weth_ratio.address, units.ether(1))
     b.open_position(weth_ratio, "vBTC", "short", 6_150)
     weth_healthy = b.trader("weth-healthy", (), "10 WETH, small vETH short")
-    b.deposit_weth(weth_healthy, units.ether(10))
+    b.deposit_weth(weth_healthy.address, units.ether(10))
     b.open_position(weth_healthy, "vETH", "short", 3_000)
 
     b.settle_twaps()

@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import TextIO
 
@@ -98,20 +100,29 @@ def risk_report(devnet: Devnet, out: TextIO = sys.stdout) -> None:
             kinds.append("maker" if has_order else "taker")
         if vault_liquidatable:
             kinds.append("collateral")
-        ratio = value / position_value if position_value else float("inf")
+        ratio = Fraction(value, position_value) if position_value else None
         rows.append((ratio, trader.label, trader.address, value, requirement, ",".join(kinds) or "-"))
-    rows.sort(key=lambda r: (r[0], r[1]))
+    # riskiest first; accounts without positions last
+    rows.sort(key=lambda r: (r[0] is None, r[0] or 0, r[1]))
     header = (
         f"{'account':<28} {'address':<42} {'account value':>14} {'mm requirement':>14} {'margin':>8}"
         "  liquidatable"
     )
     print(header, file=out)
     for ratio, label, address, value, requirement, kind in rows:
-        margin = f"{ratio:8.2%}" if ratio != float("inf") else f"{'-':>8}"
+        margin = f"{_decimal(ratio * 100):7.2f}%" if ratio is not None else f"{'-':>8}"
+        usd_value, usd_requirement = (
+            _decimal(Fraction(value, 10**18)),
+            _decimal(Fraction(requirement, 10**18)),
+        )
         print(
-            f"{label:<28} {address:<42} {value / 1e18:14,.2f} {requirement / 1e18:14,.2f} {margin}  {kind}",
+            f"{label:<28} {address:<42} {usd_value:14,.2f} {usd_requirement:14,.2f} {margin}  {kind}",
             file=out,
         )
+
+
+def _decimal(value: Fraction) -> Decimal:
+    return Decimal(value.numerator) / Decimal(value.denominator)
 
 
 def serve_until_interrupted(devnet: Devnet) -> None:

@@ -35,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start anvil, deploy the real Perp v2 contracts, build a scenario, write the "
         "deployment metadata, print the accounts at risk, and serve until interrupted.",
     )
-    from devnet.scenario import SCENARIOS
-
-    up.add_argument("--scenario", default="all-kinds", choices=sorted(SCENARIOS), help="default: all-kinds")
+    up.add_argument("--scenario", default="all-kinds", help="all-kinds (default) or empty")
     up.add_argument("--port", type=_port, default=0, help="RPC port (default: a free one)")
     up.add_argument("--out-dir", type=Path, default=Path("state/devnet"), help="where metadata.json goes")
     up.add_argument("--state-out", type=Path, help="also write an anvil state dump (for anvil --load-state)")
@@ -45,15 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"perp-keeper: {message}", file=sys.stderr)
+    return code
+
+
 def _devnet_up(args: argparse.Namespace) -> int:
+    # The keeper imports the devnet tooling only here, never at run time.
     from devnet import up
+    from devnet.anvil import AnvilError
+    from devnet.scenario import SCENARIOS
     from devnet.toolchain import ToolchainError
 
+    if args.scenario not in SCENARIOS:
+        choices = ", ".join(sorted(SCENARIOS))
+        return _fail(f"--scenario: unknown scenario {args.scenario!r} (choose from {choices})", EXIT_USAGE)
     try:
         net = up.start(scenario=args.scenario, port=args.port, out_dir=args.out_dir)
     except ToolchainError as exc:
-        print(f"perp-keeper: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE)
+    except AnvilError as exc:
+        return _fail(str(exc), 1)
     try:
         if args.state_out:
             up.dump_state(net, args.state_out)

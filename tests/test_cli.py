@@ -40,7 +40,10 @@ def test_devnet_up_prints_rpc_url_and_metadata_that_the_keeper_loads(tmp_path: P
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["devnet", "up", "--scenario", "nope"], "invalid choice: 'nope'"),
+        (
+            ["devnet", "up", "--scenario", "nope"],
+            "--scenario: unknown scenario 'nope' (choose from all-kinds",
+        ),
         (["devnet", "up", "--port", "70000"], "port must be 0-65535, got 70000"),
         (["devnet", "up", "--port", "http"], "not a port number: 'http'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -51,3 +54,14 @@ def test_bad_arguments_exit_2_with_one_clear_line(args: list[str], message: str)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_keeper_does_not_import_the_devnet_tooling() -> None:
+    code = (
+        "import sys, keeper.cli, keeper.metadata;"
+        "print(sorted(m for m in sys.modules if m.startswith('devnet')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from web3 import Web3
+from web3.contract import Contract
 from web3.logs import DISCARD
 
 from devnet import up
@@ -23,6 +25,25 @@ def _views(net: up.Devnet, account: str) -> dict[str, Any]:
         "has_order": d["AccountBalance"].functions.hasOrder(account).call(),
         "vault_liquidatable": d["Vault"].functions.isLiquidatable(account).call(),
     }
+
+
+@dataclass(frozen=True)
+class Perp:
+    clearing_house: Contract
+    account_balance: Contract
+    veth: str
+    vbtc: str
+
+
+@pytest.fixture
+def perp(devnet: up.Devnet) -> Perp:
+    d = devnet.deployment
+    return Perp(
+        d["ClearingHouse"],
+        d["AccountBalance"],
+        d.market("vETH").base_token.address,
+        d.market("vBTC").base_token.address,
+    )
 
 
 def _kinds(views: dict[str, Any]) -> set[str]:
@@ -58,10 +79,9 @@ def test_a_taker_becomes_liquidatable_after_a_price_move(devnet: up.Devnet, chai
 
 
 def test_a_taker_liquidation_transfers_the_position_to_the_liquidator(
-    devnet: up.Devnet, chain: DevChain, traders: dict[str, Trader]
+    perp: Perp, chain: DevChain, traders: dict[str, Trader]
 ) -> None:
-    clearing_house, account_balance = devnet.deployment["ClearingHouse"], devnet.deployment["AccountBalance"]
-    veth = devnet.deployment.market("vETH").base_token.address
+    clearing_house, account_balance, veth = perp.clearing_house, perp.account_balance, perp.veth
     trader = traders["eth-long-7x"].address
     size = account_balance.functions.getTakerPositionSize(trader, veth).call()
     assert size > 0
@@ -78,12 +98,14 @@ def test_a_taker_liquidation_transfers_the_position_to_the_liquidator(
 
 
 def test_a_maker_cannot_be_liquidated_until_its_orders_are_cancelled_in_every_market(
-    devnet: up.Devnet, chain: DevChain, traders: dict[str, Trader]
+    devnet: up.Devnet, perp: Perp, chain: DevChain, traders: dict[str, Trader]
 ) -> None:
-    clearing_house = devnet.deployment["ClearingHouse"]
-    account_balance = devnet.deployment["AccountBalance"]
-    veth = devnet.deployment.market("vETH").base_token.address
-    vbtc = devnet.deployment.market("vBTC").base_token.address
+    clearing_house, account_balance, veth, vbtc = (
+        perp.clearing_house,
+        perp.account_balance,
+        perp.veth,
+        perp.vbtc,
+    )
     maker = traders["maker-two-markets"].address
     views = _views(devnet, maker)
     assert views["has_order"]
@@ -158,11 +180,9 @@ def test_multicall3_is_at_its_canonical_address(devnet: up.Devnet) -> None:
 
 
 def test_a_fork_sees_the_same_chain_and_leaves_the_origin_untouched(
-    devnet: up.Devnet, chain: DevChain, traders: dict[str, Trader]
+    devnet: up.Devnet, perp: Perp, chain: DevChain, traders: dict[str, Trader]
 ) -> None:
-    clearing_house = devnet.deployment["ClearingHouse"]
-    account_balance = devnet.deployment["AccountBalance"]
-    veth = devnet.deployment.market("vETH").base_token.address
+    clearing_house, account_balance, veth = perp.clearing_house, perp.account_balance, perp.veth
     trader = traders["eth-long-5.5x"].address
     origin_head = chain.w3.eth.block_number
     origin_size = account_balance.functions.getTakerPositionSize(trader, veth).call()
