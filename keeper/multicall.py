@@ -1,0 +1,113 @@
+"""Multicall3 `aggregate3` batches, encoded and decoded with eth_abi (no contract objects).
+
+Many views in one `eth_call` at one pinned block: the whole account set is read consistently and in a
+few HTTP requests. Every call may fail on its own (`allowFailure`), so one reverting view never hides
+the rest. Batches are cut under a gas budget, because the node executes them within its `eth_call` gas
+cap (50M on op-geth) and Perp's account views cost ~100-250k gas each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi.abi import decode, encode
+from eth_utils.abi import function_signature_to_4byte_selector
+
+AGGREGATE3_SELECTOR = bytes.fromhex("82ad56cb")
+DEFAULT_GAS_PER_CALL = 300_000
+DEFAULT_BATCH_GAS = 40_000_000  # under op-geth's 50M eth_call cap, with headroom
+
+
+@dataclass(frozen=True)
+class Call:
+    """One view: `signature` like "getAccountValue(address)", its arguments, and its output types."""
+
+    target: str
+    signature: str
+    args: tuple[Any, ...]
+    returns: tuple[str, ...]
+    gas: int = DEFAULT_GAS_PER_CALL
+
+    def calldata(self) -> bytes:
+        inputs = self.signature[self.signature.index("(") + 1 : -1]
+        types = list(_split_types(inputs)) if inputs else []
+        return function_signature_to_4byte_selector(self.signature) + encode(types, list(self.args))
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    value: tuple[Any, ...]
+    revert_data: bytes = b""
+
+    def one(self) -> Any:
+        """The single return value; raises if the call reverted."""
+        if not self.ok:
+            raise CallFailedError(self.revert_data)
+        return self.value[0]
+
+
+class CallFailedError(RuntimeError):
+    def __init__(self, revert_data: bytes) -> None:
+        super().__init__(f"call reverted: {decode_revert(revert_data)}")
+        self.revert_data = revert_data
+
+
+def encode_aggregate3(calls: Sequence[Call]) -> bytes:
+    payload = [(call.target, True, call.calldata()) for call in calls]
+    return AGGREGATE3_SELECTOR + encode(["(address,bool,bytes)[]"], [payload])
+
+
+def decode_aggregate3(calls: Sequence[Call], returned: bytes) -> list[Result]:
+    (entries,) = decode(["(bool,bytes)[]"], returned)
+    if len(entries) != len(calls):
+        raise ValueError(f"aggregate3 returned {len(entries)} results for {len(calls)} calls")
+    results = []
+    for call, (ok, data) in zip(calls, entries, strict=True):
+        if not ok:
+            results.append(Result(False, (), data))
+            continue
+        try:
+            results.append(Result(True, tuple(decode(list(call.returns), data))))
+        except Exception:  # a success with undecodable data (e.g. no code at the target)
+            results.append(Result(False, (), data))
+    return results
+
+
+def batches(calls: Sequence[Call], max_gas: int = DEFAULT_BATCH_GAS) -> Iterator[Sequence[Call]]:
+    """Consecutive slices whose summed gas stays within `max_gas` (at least one call each)."""
+    start, used = 0, 0
+    for i, call in enumerate(calls):
+        if i > start and used + call.gas > max_gas:
+            yield calls[start:i]
+            start, used = i, 0
+        used += call.gas
+    if start < len(calls):
+        yield calls[start:]
+
+
+def decode_revert(data: bytes) -> str:
+    """`Error(string)` reasons as text (Perp's are codes like CH_EAV); anything else as hex."""
+    if data[:4] == bytes.fromhex("08c379a0"):
+        try:
+            (reason,) = decode(["string"], data[4:])
+            return str(reason)
+        except Exception:
+            pass
+    return "0x" + data.hex() if data else "no reason"
+
+
+def _split_types(inputs: str) -> Iterator[str]:
+    """Split "address,(uint256,bool),bytes" at top-level commas."""
+    depth, start = 0, 0
+    for i, char in enumerate(inputs):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            yield inputs[start:i]
+            start = i + 1
+    yield inputs[start:]
