@@ -94,9 +94,6 @@ class Anvil:
         for line in proc.stdout:
             self._tail.append(line.rstrip())
 
-    def recent_output(self) -> str:
-        return "\n".join(self._tail)
-
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:

@@ -26,7 +26,6 @@ class TransactionFailedError(RuntimeError):
 
 class DevChain:
     def __init__(self, url: str) -> None:
-        self.url = url
         self.w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 120}))
 
     # --- node control -------------------------------------------------------------------------

@@ -17,10 +17,11 @@ from typing import Any
 from eth_account import Account
 from eth_typing import ChecksumAddress
 from eth_utils.crypto import keccak
+from web3.contract import Contract
 
 from devnet import units
 from devnet.chain import DevChain
-from devnet.deploy import PERP_TICK_SPACING, UINT256_MAX, Deployment
+from devnet.deploy import PERP_TICK_SPACING, PRICE_FEED_DECIMALS, UINT256_MAX, Deployment
 
 DEADLINE = 2**64
 Expect = tuple[str, ...]
@@ -122,13 +123,14 @@ class ScenarioBuilder:
 
     # --- prices -------------------------------------------------------------------------------
     def set_index_price(self, symbol: str, price: str) -> None:
-        feed = self.deployment.market(symbol).price_feed
-        self.chain.send(feed.functions.setPrice(units.to_units(price, 8)))
+        self._set_feed(self.deployment.market(symbol).price_feed, price)
 
     def set_collateral_price(self, price: str) -> None:
-        feed = self.deployment.weth_price_feed
-        assert feed is not None
-        self.chain.send(feed.functions.setPrice(units.to_units(price, 8)))
+        assert self.deployment.weth_price_feed is not None
+        self._set_feed(self.deployment.weth_price_feed, price)
+
+    def _set_feed(self, feed: Contract, price: str) -> None:
+        self.chain.send(feed.functions.setPrice(units.to_units(price, PRICE_FEED_DECIMALS)))
 
     def pool_tick(self, symbol: str) -> int:
         return int(self.deployment.market(symbol).pool.functions.slot0().call()[1])
@@ -144,9 +146,9 @@ class ScenarioBuilder:
         target = units.tick_at_price(float(price))
         clearing_house = self.deployment["ClearingHouse"]
         base = self.deployment.market(symbol).base_token.address
-        while abs(gap := target - self.pool_tick(symbol)) > 1:  # within a tick is there
+        while abs(gap := target - (tick := self.pool_tick(symbol))) > 1:  # within a tick is there
             step = max(-MOVE_STEP_TICKS, min(MOVE_STEP_TICKS, gap))
-            limit_tick = self.pool_tick(symbol) + step
+            limit_tick = tick + step
             sqrt_limit = int(Decimal("1.0001") ** (Decimal(limit_tick) / 2) * units.Q96)
             going_down = step < 0
             # sell base to push the price down, buy base to push it up; the price limit stops the fill

@@ -161,8 +161,8 @@ def _install(pkg: NpmPackage) -> bool:
     return True
 
 
-def _compile_stand_ins() -> Path:
-    """Compile our stand-in contracts with solc-js (pure JS/wasm: no native solc download)."""
+def stand_ins_path() -> Path:
+    """Our stand-in contracts, compiled with solc-js (pure JS/wasm: no native solc download)."""
     source = STAND_INS_SOURCE.read_text()
     key = hashlib.sha256(f"{SOLC_VERSION}\n{source}".encode()).hexdigest()[:16]
     out = cache_root() / "build" / f"StandIns-{key}.json"
@@ -212,10 +212,6 @@ def _compile_stand_ins() -> Path:
     return out
 
 
-def stand_ins_path() -> Path:
-    return _compile_stand_ins()
-
-
 def ensure(verbose: bool = False) -> None:
     """Make every pinned package and the compiled stand-ins available. Idempotent."""
     for pkg in (*PACKAGES, anvil_package()):
@@ -224,7 +220,7 @@ def ensure(verbose: bool = False) -> None:
             print(f"{'fetched' if fetched else 'cached '} {pkg.spec}", file=sys.stderr)
     binary = anvil_path()
     binary.chmod(binary.stat().st_mode | 0o111)
-    _compile_stand_ins()
+    stand_ins_path()
     if verbose:
         print(f"anvil: {binary}", file=sys.stderr)
 

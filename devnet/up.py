@@ -132,4 +132,3 @@ def serve_until_interrupted(devnet: Devnet) -> None:
     _log("devnet is up; Ctrl-C stops it")
     while not stop.wait(0.5):
         pass
-    devnet.stop()
