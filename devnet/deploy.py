@@ -16,8 +16,9 @@ from web3.contract import Contract
 
 from devnet import units
 from devnet.chain import DEPLOYER, DevChain
+from keeper.metadata import DEFAULT_MULTICALL3
 
-MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
+MULTICALL3_ADDRESS = DEFAULT_MULTICALL3
 PRICE_FEED_DECIMALS = 8
 PERP_POOL_FEE = 3000  # Uniswap fee tier of the vAMM pools (tick spacing 60)
 PERP_TICK_SPACING = 60

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--out-dir", type=Path, default=Path("state/devnet"), help="where metadata.json goes")
     up.add_argument("--state-out", type=Path, help="also write an anvil state dump (for anvil --load-state)")
     up.add_argument("--once", action="store_true", help="print the report and exit instead of serving")
+
+    scan = commands.add_parser(
+        "scan",
+        help="read every account at one block and list what is liquidatable",
+        description="Index every account from the chain's logs (resuming from the state database), read "
+        "them all at one block with Multicall3, and list the liquidation opportunities in execution order.",
+    )
+    scan.add_argument("--json", action="store_true", help="print only a JSON array of opportunities")
+    scan.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
+    scan.add_argument(
+        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
+    )
+    scan.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
     return parser
 
 
@@ -81,10 +96,51 @@ def _devnet_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from keeper import scan
+    from keeper.metadata import MetadataError
+    from keeper.rpc import RpcError, RpcUnavailableError
+    from keeper.store import StoreError
+
+    rpc_url = args.rpc_url or os.environ.get("KEEPER_RPC_URL") or ""
+    metadata = args.metadata or os.environ.get("KEEPER_METADATA")
+    state_db = args.state_db or os.environ.get("KEEPER_STATE_DB") or scan.DEFAULT_STATE_DB
+    if not metadata:
+        return _fail("--metadata / KEEPER_METADATA is required", EXIT_USAGE)
+
+    async def run() -> int:
+        session = await scan.open_session(rpc_url, Path(metadata), state_db, progress=True)
+        try:
+            await session.scanner.full_scan()
+            snapshot, params = session.scanner.snapshot, session.scanner.params
+            assert snapshot is not None
+            assert params is not None
+            opportunities = session.scanner.opportunities()
+            if args.json:
+                scan.write_json(opportunities, snapshot.block, sys.stdout)
+            else:
+                symbols = {m.base_token.lower(): m.base_symbol for m in session.deployment.markets}
+                scan.write_table(snapshot, params, opportunities, symbols, sys.stdout)
+        finally:
+            await session.close()
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except (scan.SettingError, MetadataError, StoreError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except RpcUnavailableError as exc:
+        return _fail(f"--rpc-url: {exc}", EXIT_USAGE)
+    except RpcError as exc:
+        return _fail(f"RPC error: {exc}", 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "devnet" and args.devnet_command == "up":
         return _devnet_up(args)
+    if args.command == "scan":
+        return _scan(args)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands first
 
 

@@ -8,12 +8,16 @@ cap (50M on op-geth) and Perp's account views cost ~100-250k gas each.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_abi.abi import decode, encode
 from eth_utils.abi import function_signature_to_4byte_selector
+
+if TYPE_CHECKING:
+    from keeper.rpc import BlockId, Rpc
 
 AGGREGATE3_SELECTOR = bytes.fromhex("82ad56cb")
 DEFAULT_GAS_PER_CALL = 300_000
@@ -86,6 +90,47 @@ def batches(calls: Sequence[Call], max_gas: int = DEFAULT_BATCH_GAS) -> Iterator
         used += call.gas
     if start < len(calls):
         yield calls[start:]
+
+
+async def execute(
+    rpc: Rpc,
+    calls: Sequence[Call],
+    block: BlockId,
+    *,
+    multicall: str,
+    max_gas: int = DEFAULT_BATCH_GAS,
+    per_request: int = 8,
+    concurrency: int = 4,
+) -> list[Result]:
+    """Run `calls` at one pinned `block`: gas-bounded aggregate3 batches, `per_request` of them per
+    HTTP request (a JSON-RPC batch), at most `concurrency` requests in flight.
+
+    A call that failed with no revert data inside a shared batch may have run out of the batch's gas
+    (aggregate3 hands each call what is left); it is run once more in a batch of its own.
+    """
+    chunks = list(batches(calls, max_gas))
+    groups = [chunks[i : i + per_request] for i in range(0, len(chunks), per_request)]
+    limit = asyncio.Semaphore(concurrency)
+
+    async def run(group: list[Sequence[Call]]) -> list[Result]:
+        async with limit:
+            answers = await rpc.calls_at([(multicall, encode_aggregate3(chunk)) for chunk in group], block)
+        results: list[Result] = []
+        for chunk, answer in zip(group, answers, strict=True):
+            if isinstance(answer, Exception):
+                raise answer
+            results += decode_aggregate3(chunk, answer)
+        return results
+
+    results = [r for part in await asyncio.gather(*(run(g) for g in groups)) for r in part]
+    suspects = [i for i, r in enumerate(results) if not r.ok and not r.revert_data and len(calls) > 1]
+    if suspects:
+        retried = await rpc.calls_at([(multicall, encode_aggregate3([calls[i]])) for i in suspects], block)
+        for i, answer in zip(suspects, retried, strict=True):
+            if isinstance(answer, Exception):
+                raise answer
+            results[i] = decode_aggregate3([calls[i]], answer)[0]
+    return results
 
 
 def decode_revert(data: bytes) -> str:

@@ -1,0 +1,221 @@
+"""Account discovery from logs: adaptive `eth_getLogs` backfill, then follow, healing reorgs.
+
+Every account that can ever be liquidated has emitted (or been named in) one of a few events, so the
+chain itself is the account list: no subgraph. The backfill starts at the deployment's first block and
+checkpoints after every chunk, so a restart resumes where it stopped. Block ranges adapt to what the
+provider accepts: halve on a "too many results" / range / size refusal, double on success.
+
+Reorgs: the hashes of the last `reorg_window` indexed blocks are kept. When the checkpoint's hash no
+longer matches the chain, the index rolls back to the newest block whose hash still matches and reads
+again from there (an account is forgotten only if it was first seen after that block).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+
+from keeper.rpc import BlockHeader, Rpc, RpcError, RpcUnavailableError
+from keeper.store import Store
+
+log = logging.getLogger(__name__)
+
+# how providers word "ask for less" (Alchemy, Infura, QuickNode, op-geth, Ankr, anvil)
+TOO_MUCH = re.compile(
+    r"too many|too large|exceed|limit|range|more than|response size|max results|timeout|10000", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class AccountSource:
+    """An event that names an account: `topic_index` is the indexed topic holding its address."""
+
+    name: str
+    contract: str
+    topic0: str
+    topic_index: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    from_block: int
+    done_to: int
+    to_block: int
+    accounts: int
+
+    @property
+    def fraction(self) -> float:
+        span = self.to_block - self.from_block + 1
+        return 1.0 if span <= 0 else (self.done_to - self.from_block + 1) / span
+
+
+@dataclass
+class SyncResult:
+    head: BlockHeader
+    new_accounts: set[str] = field(default_factory=set)
+    touched: set[str] = field(default_factory=set)  # accounts named by a log in the blocks just read
+    watched_changed: bool = False  # a watched contract (protocol parameters) logged something
+    rolled_back_to: int | None = None
+
+
+class ReorgDuringSyncError(RuntimeError):
+    """Logs came from a block that is no longer the head's ancestor; the next sync heals it."""
+
+
+class Indexer:
+    def __init__(
+        self,
+        rpc: Rpc,
+        store: Store,
+        sources: Sequence[AccountSource],
+        start_block: int,
+        *,
+        watched: Sequence[str] = (),
+        reorg_window: int = 64,
+        initial_range: int = 2_000,
+        max_range: int = 100_000,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.rpc, self.store, self.sources = rpc, store, list(sources)
+        self.start_block = start_block
+        self.watched = [a.lower() for a in watched]
+        self.reorg_window = reorg_window
+        self.range = initial_range
+        self.max_range = max_range  # lowered to just under the smallest range the provider refused
+        self.progress = progress
+        self._by_topic = {(s.contract.lower(), s.topic0.lower()): s.topic_index for s in self.sources}
+        self._known: set[str] | None = None
+
+    @property
+    def known(self) -> set[str]:
+        """Every account indexed so far (loaded from the store once)."""
+        if self._known is None:
+            self._known = set(self.store.accounts())
+        return self._known
+
+    async def sync(self, head: BlockHeader | None = None) -> SyncResult:
+        """Bring the index up to `head` (default: the latest block)."""
+        head = head or await self.rpc.header("latest")
+        result = SyncResult(head)
+        checkpoint = self.store.checkpoint()
+        if checkpoint is not None:
+            healed = await self._heal(checkpoint, head)
+            if healed is not None:
+                result.rolled_back_to = checkpoint = healed
+        first = self.start_block if checkpoint is None else checkpoint + 1
+        await self._read(first, head, result)
+        self.store.forget_hashes_below(head.number - self.reorg_window)
+        return result
+
+    # --- reorgs ---------------------------------------------------------------------------------
+    async def _heal(self, checkpoint: int, head: BlockHeader) -> int | None:
+        """None if the checkpoint is still on the chain; else the block rolled back to."""
+        stored = self.store.block_hashes()
+        if checkpoint in stored:
+            if head.number == checkpoint + 1 and head.parent_hash == stored[checkpoint]:
+                return None
+            if head.number == checkpoint and head.hash == stored[checkpoint]:
+                return None
+        numbers = sorted((n for n in stored if n <= min(checkpoint, head.number)), reverse=True)
+        if not numbers:
+            return None  # nothing recent to compare: the checkpoint is older than the reorg window
+        if numbers[0] == checkpoint:
+            (current,) = await self.rpc.headers([checkpoint])
+            if current is not None and current.hash == stored[checkpoint]:
+                return None
+        found = await self.rpc.headers(numbers)
+        keep = next(
+            (n for n, h in zip(numbers, found, strict=True) if h is not None and h.hash == stored[n]),
+            max(self.start_block - 1, numbers[-1] - 1),
+        )
+        forgotten = self.store.rollback(keep)
+        self._known = None
+        log.warning(
+            "reorg: block %d no longer matches; rolled back to %d and reading again (%d accounts forgotten)",
+            checkpoint,
+            keep,
+            forgotten,
+        )
+        return keep
+
+    # --- reading --------------------------------------------------------------------------------
+    async def _read(self, first: int, head: BlockHeader, result: SyncResult) -> None:
+        start = first
+        while start <= head.number:
+            end = min(head.number, start + self.range - 1)
+            try:
+                logs = await self._logs(start, end)
+            except (RpcError, RpcUnavailableError) as exc:
+                if end > start and TOO_MUCH.search(str(exc)):
+                    self.max_range = min(self.max_range, end - start)
+                    self.range = max(1, (end - start + 1) // 2)
+                    log.info(
+                        "eth_getLogs refused %d blocks (%s); trying %d", end - start + 1, exc, self.range
+                    )
+                    continue
+                raise
+            self._record(start, end, head, logs, result)
+            if self.progress:
+                self.progress(Progress(first, end, head.number, len(result.new_accounts)))
+            start = end + 1
+            self.range = min(self.max_range, self.range * 2)
+
+    async def _logs(self, start: int, end: int) -> list[dict[str, Any]]:
+        account_query = _query(start, end, sorted({s.contract for s in self.sources}), [self._topics()])
+        requests: list[tuple[str, Sequence[Any]]] = [("eth_getLogs", [account_query])]
+        if self.watched:
+            requests.append(("eth_getLogs", [_query(start, end, self.watched, [])]))
+        answers = await self.rpc.batch(requests)
+        logs: list[dict[str, Any]] = []
+        for answer in answers:
+            if isinstance(answer, RpcError):
+                raise answer
+            logs += answer
+        return logs
+
+    def _topics(self) -> list[str]:
+        return sorted({s.topic0.lower() for s in self.sources})
+
+    def _record(
+        self, start: int, end: int, head: BlockHeader, logs: list[dict[str, Any]], result: SyncResult
+    ) -> None:
+        recent = head.number - self.reorg_window
+        hashes: dict[int, str] = {}
+        accounts: list[tuple[str, int]] = []
+        for entry in logs:
+            number, block_hash = int(entry["blockNumber"], 16), str(entry["blockHash"])
+            if number == head.number and block_hash != head.hash:
+                raise ReorgDuringSyncError(
+                    f"log in block {number} has hash {block_hash}, head is {head.hash}"
+                )
+            if number > recent:
+                hashes[number] = block_hash
+            address, topics = str(entry["address"]).lower(), entry["topics"]
+            if address in self.watched:
+                result.watched_changed = True
+            index = self._by_topic.get((address, str(topics[0]).lower())) if topics else None
+            if index is None or index >= len(topics):
+                continue
+            account = str(to_checksum_address("0x" + str(topics[index])[-40:]))
+            accounts.append((account, number))
+            result.touched.add(account)
+        if end == head.number:
+            hashes[end] = head.hash
+        known = self.known  # loaded before the store holds this chunk's accounts
+        self.store.advance(end, accounts, hashes)
+        for account, _ in accounts:
+            if account not in known:
+                known.add(account)
+                result.new_accounts.add(account)
+
+
+def _query(start: int, end: int, addresses: Sequence[str], topics: list[Any]) -> dict[str, Any]:
+    query: dict[str, Any] = {"fromBlock": hex(start), "toBlock": hex(end), "address": list(addresses)}
+    if topics:
+        query["topics"] = topics
+    return query
