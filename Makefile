@@ -52,6 +52,7 @@ chain: setup
 
 bench: setup
 	$(BIN)/python bench/devnet_startup.py
+	$(BIN)/python bench/scan.py --accounts 10000 --rtt-ms 20
 
 clean:
 	rm -rf $(VENV) .cache state .mypy_cache .ruff_cache .pytest_cache

@@ -340,3 +340,26 @@ def deploy(chain: DevChain, markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS) -
     chain.make_deterministic()
     chain.set_balance(DEPLOYER, units.ether(1_000_000))
     return Deployer(chain).run(markets)
+
+
+_ARTIFACT_OF_EXTERNAL = {"USDC": "TestToken"}
+
+
+def attach(chain: DevChain, metadata: dict[str, Any]) -> Deployment:
+    """The `Deployment` of a devnet written earlier (e.g. restored with `anvil --load-state`)."""
+    out = Deployment(chain)
+    for name, entry in metadata["contracts"].items():
+        artifact = entry["name"].rsplit(":", 1)[-1]
+        out.contracts[name] = chain.contract(artifact, entry["address"])
+        out.created_block[name] = entry["createdBlockNumber"]
+    for name, address in metadata["externalContracts"].items():
+        out.contracts[name] = chain.contract(_ARTIFACT_OF_EXTERNAL.get(name, name), address)
+    for pool in metadata["pools"]:
+        base = out.contracts[pool["baseSymbol"]]
+        feed = chain.contract("SettablePriceFeed", base.functions.getPriceFeed().call())
+        out.markets[pool["baseSymbol"]] = Market(
+            pool["baseSymbol"], base, chain.contract("UniswapV3Pool", pool["address"]), feed
+        )
+    collateral = metadata["collaterals"][0]
+    out.weth_price_feed = chain.contract("SettablePriceFeed", collateral["priceFeedAddress"])
+    return out
