@@ -1,0 +1,52 @@
+"""Gas prices from the node: EIP-1559 base fee and tip, and the OP-stack L1 data fee when it exists.
+
+The `GasPriceOracle` predeploy (0x42…0F) is absent on anvil, even with `--optimism`, and on non-OP
+chains: then the L1 fee is 0 and `l1_note` says why, so a profit decision can show it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eth_abi.abi import decode, encode
+from eth_utils.abi import function_signature_to_4byte_selector
+
+from keeper.profit import GasPrice
+from keeper.rpc import BlockId, Rpc, RpcError
+
+GAS_PRICE_ORACLE = "0x420000000000000000000000000000000000000F"
+GWEI = 10**9
+
+
+@dataclass(frozen=True)
+class L1Fee:
+    wei: int
+    note: str = ""
+
+
+async def gas_price(rpc: Rpc, max_fee_gwei: int | None = None) -> GasPrice:
+    """The pending block's base fee and the node's suggested tip, under the operator's ceiling."""
+    answers = await rpc.batch(
+        [("eth_getBlockByNumber", ["pending", False]), ("eth_maxPriorityFeePerGas", [])]
+    )
+    block, tip = answers
+    if isinstance(block, RpcError) or block is None:
+        block = await rpc.request("eth_getBlockByNumber", ["latest", False])
+    base_fee = int(block.get("baseFeePerGas", "0x0"), 16)
+    tip_wei = 0 if isinstance(tip, RpcError) else int(tip, 16)
+    return GasPrice(base_fee, tip_wei, None if max_fee_gwei is None else max_fee_gwei * GWEI)
+
+
+async def l1_fee_upper_bound(rpc: Rpc, unsigned_tx_size: int, block: BlockId = "latest") -> L1Fee:
+    """GasPriceOracle.getL1FeeUpperBound(size) (Fjord): cheap, and exact at the 100-byte floor."""
+    code = await rpc.request("eth_getCode", [GAS_PRICE_ORACLE, block])
+    if code in (None, "0x", ""):
+        return L1Fee(0, "no GasPriceOracle at 0x42..0F: L1 data fee counted as 0")
+    data = function_signature_to_4byte_selector("getL1FeeUpperBound(uint256)") + encode(
+        ["uint256"], [unsigned_tx_size]
+    )
+    try:
+        (wei,) = decode(["uint256"], await rpc.call(GAS_PRICE_ORACLE, data, block))
+    except RpcError as exc:
+        return L1Fee(0, f"GasPriceOracle.getL1FeeUpperBound reverted ({exc.message}): L1 fee counted as 0")
+    return L1Fee(int(wei))
