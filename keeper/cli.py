@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_USAGE = 2
 
@@ -55,6 +55,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
     )
     scan.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
+
+    run = commands.add_parser(
+        "run",
+        help="liquidate: scan, price and execute every profitable liquidation, largest first",
+        description="Liquidate profitable Perp v2 positions, largest first. The key comes from "
+        "KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE + KEEPER_KEYSTORE_PASSWORD_FILE "
+        "and is never printed; --dry-run needs none and never signs.",
+    )
+    run.add_argument("--once", action="store_true", help="one complete pass, a summary, then exit")
+    run.add_argument(
+        "--dry-run", action="store_true", help="never sign or send; simulate and audit (env KEEPER_DRY_RUN)"
+    )
+    run.add_argument(
+        "--audit-log",
+        type=Path,
+        default=None,
+        help="JSONL audit trail of every decision (env KEEPER_AUDIT_LOG)",
+    )
+    run.add_argument("--from", dest="from_address", default=None, help="dry-run: simulate as this liquidator")
+    run.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
+    run.add_argument(
+        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
+    )
+    run.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
     return parser
 
 
@@ -98,18 +122,10 @@ def _devnet_up(args: argparse.Namespace) -> int:
 
 def _scan(args: argparse.Namespace) -> int:
     from keeper import scan
-    from keeper.metadata import MetadataError
-    from keeper.rpc import RpcError, RpcUnavailableError
-    from keeper.store import StoreError
-
-    rpc_url = args.rpc_url or os.environ.get("KEEPER_RPC_URL") or ""
-    metadata = args.metadata or os.environ.get("KEEPER_METADATA")
-    state_db = args.state_db or os.environ.get("KEEPER_STATE_DB") or scan.DEFAULT_STATE_DB
-    if not metadata:
-        return _fail("--metadata / KEEPER_METADATA is required", EXIT_USAGE)
 
     async def run() -> int:
-        session = await scan.open_session(rpc_url, Path(metadata), state_db, progress=True)
+        rpc_url, metadata, state_db = scan.connection_settings(args)
+        session = await scan.open_session(rpc_url, metadata, state_db, progress=True)
         try:
             await session.scanner.full_scan()
             snapshot, params = session.scanner.snapshot, session.scanner.params
@@ -125,9 +141,25 @@ def _scan(args: argparse.Namespace) -> int:
             await session.close()
         return 0
 
+    return _guarded(run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from keeper import run
+
+    return _guarded(lambda: run.main(args))
+
+
+def _guarded(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run an async command; operator mistakes become one line and exit code 2, never a traceback."""
+    from keeper.config import SettingError
+    from keeper.metadata import MetadataError
+    from keeper.rpc import RpcError, RpcUnavailableError
+    from keeper.store import StoreError
+
     try:
-        return asyncio.run(run())
-    except (scan.SettingError, MetadataError, StoreError) as exc:
+        return asyncio.run(command())
+    except (SettingError, MetadataError, StoreError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except RpcUnavailableError as exc:
         return _fail(f"--rpc-url: {exc}", EXIT_USAGE)
@@ -137,6 +169,8 @@ def _scan(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
     if args.command == "devnet" and args.devnet_command == "up":
         return _devnet_up(args)
     if args.command == "scan":

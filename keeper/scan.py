@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,20 +15,17 @@ from urllib.parse import urlsplit
 from eth_utils.address import to_checksum_address
 
 from keeper import multicall
+from keeper.config import SettingError
 from keeper.indexer import Indexer, Progress
 from keeper.metadata import Deployment, load_metadata
 from keeper.multicall import Call, Result
 from keeper.rpc import Rpc, redact
 from keeper.store import Store
 from strategies.perp_v2 import risk
-from strategies.perp_v2.scanner import Scanner
+from strategies.perp_v2.scanner import Reader, Scanner
 from strategies.perp_v2.views import PARAMETER_CONTRACTS, account_sources
 
 DEFAULT_STATE_DB = Path("state/keeper.sqlite")
-
-
-class SettingError(ValueError):
-    """Bad input from the operator: the message names the setting and the problem, never a secret."""
 
 
 @dataclass
@@ -36,10 +34,21 @@ class Session:
     deployment: Deployment
     store: Store
     scanner: Scanner
+    read: Reader
 
     async def close(self) -> None:
         self.store.close()
         await self.rpc.close()
+
+
+def connection_settings(args: Any) -> tuple[str, Path, Path]:
+    """--rpc-url / --metadata / --state-db, else KEEPER_RPC_URL / KEEPER_METADATA / KEEPER_STATE_DB."""
+    rpc_url = args.rpc_url or os.environ.get("KEEPER_RPC_URL") or ""
+    metadata = args.metadata or os.environ.get("KEEPER_METADATA")
+    if not metadata:
+        raise SettingError("--metadata / KEEPER_METADATA is required")
+    state_db = args.state_db or os.environ.get("KEEPER_STATE_DB") or DEFAULT_STATE_DB
+    return check_rpc_url(rpc_url), Path(metadata), Path(state_db)
 
 
 def check_rpc_url(url: str | None, setting: str = "--rpc-url / KEEPER_RPC_URL") -> str:
@@ -92,7 +101,7 @@ async def open_session(
         return await multicall.execute(rpc, calls, block, multicall=deployment.multicall3)
 
     scanner = Scanner(deployment, indexer, read, **({"sweep_blocks": sweep_blocks} if sweep_blocks else {}))
-    return Session(rpc, deployment, store, scanner)
+    return Session(rpc, deployment, store, scanner, read)
 
 
 def _progress_bar(p: Progress) -> None:

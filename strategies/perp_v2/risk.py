@@ -113,6 +113,12 @@ class Opportunity:
     liquidatable: bool
     cancel_markets: tuple[str, ...] = ()  # makers: every market whose orders must be cancelled first
 
+    @property
+    def key(self) -> str:
+        return (
+            f"{self.kind}:{self.account.lower()}:{(self.base_token or self.collateral_token or '').lower()}"
+        )
+
     def sort_key(self) -> tuple[int, int, int, str, str]:
         return (
             0 if self.liquidatable else 1,

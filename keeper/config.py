@@ -1,0 +1,132 @@
+"""Settings from flags and `KEEPER_*` environment variables (a flag wins), validated into one object.
+
+Every problem is a `SettingError` whose message names the setting and what is wrong with it, and never
+contains a secret (keys, passwords, the path or query of an RPC URL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils.address import is_address, to_checksum_address
+
+X18 = 10**18
+
+
+class SettingError(ValueError):
+    """Bad operator input: the message names the setting and the problem, never a secret."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    min_profit: int  # X18 USD
+    max_keeper_fee: int | None  # X18 USD
+    max_fee_gwei: int | None
+    inherited: str
+    slippage_bps: int
+    dry_run: bool
+
+
+def usd(env: Mapping[str, str], name: str, default: str | None) -> int | None:
+    text = env.get(name, default)
+    if text is None or text == "":
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise SettingError(f"{name}: not a number: {text!r}") from None
+    if not value.is_finite() or value < 0:
+        raise SettingError(f"{name}: must be a non-negative number of USD, got {text!r}")
+    return int(value * X18)
+
+
+def integer(
+    env: Mapping[str, str], name: str, default: int | None, low: int = 0, high: int = 10**9
+) -> int | None:
+    text = env.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise SettingError(f"{name}: not a whole number: {text!r}") from None
+    if not low <= value <= high:
+        raise SettingError(f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def flag(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise SettingError(f"{name}: expected 1/0, true/false, yes/no or on/off, got {text!r}")
+
+
+def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = False) -> RunSettings:
+    env = os.environ if env is None else env
+    inherited = env.get("KEEPER_INHERITED_POSITIONS", "close").strip().lower()
+    if inherited not in ("close", "hold"):
+        raise SettingError(f"KEEPER_INHERITED_POSITIONS: expected close or hold, got {inherited!r}")
+    min_profit = usd(env, "KEEPER_MIN_PROFIT_USD", "1")
+    assert min_profit is not None
+    return RunSettings(
+        min_profit=min_profit,
+        max_keeper_fee=usd(env, "KEEPER_MAX_KEEPER_FEE", None),
+        max_fee_gwei=integer(env, "KEEPER_MAX_FEE_GWEI", None, low=1),
+        inherited=inherited,
+        slippage_bps=integer(env, "KEEPER_SLIPPAGE_BPS", 100, low=1, high=5_000) or 100,
+        dry_run=dry_run_flag or flag(env, "KEEPER_DRY_RUN"),
+    )
+
+
+def address(text: str, setting: str) -> str:
+    if not is_address(text):
+        raise SettingError(f"{setting}: not an address: {text!r}")
+    return str(to_checksum_address(text))
+
+
+def signer(env: Mapping[str, str] | None = None) -> LocalAccount | None:
+    """The keeper's key from KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or an encrypted keystore."""
+    env = os.environ if env is None else env
+    if key := env.get("KEEPER_PRIVATE_KEY"):
+        return _from_key(key.strip(), "KEEPER_PRIVATE_KEY")
+    if path := env.get("KEEPER_PRIVATE_KEY_FILE"):
+        return _from_key(_read(path, "KEEPER_PRIVATE_KEY_FILE").strip(), "KEEPER_PRIVATE_KEY_FILE")
+    if keystore := env.get("KEEPER_KEYSTORE"):
+        password_file = env.get("KEEPER_KEYSTORE_PASSWORD_FILE")
+        if not password_file:
+            raise SettingError("KEEPER_KEYSTORE_PASSWORD_FILE is required with KEEPER_KEYSTORE")
+        password = _read(password_file, "KEEPER_KEYSTORE_PASSWORD_FILE").rstrip("\r\n")
+        try:
+            key_bytes = Account.decrypt(_read(keystore, "KEEPER_KEYSTORE"), password)
+        except ValueError:
+            raise SettingError("KEEPER_KEYSTORE: wrong password or not a keystore file") from None
+        account: LocalAccount = Account.from_key(key_bytes)
+        return account
+    return None
+
+
+def _from_key(text: str, setting: str) -> LocalAccount:
+    body = text.removeprefix("0x")
+    if len(body) != 64 or any(c not in "0123456789abcdefABCDEF" for c in body):
+        raise SettingError(f"{setting}: not a 32-byte hex private key (the value is not shown)")
+    try:
+        account: LocalAccount = Account.from_key("0x" + body)
+    except (ValueError, TypeError):
+        raise SettingError(f"{setting}: not a valid secp256k1 private key (the value is not shown)") from None
+    return account
+
+
+def _read(path: str, setting: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise SettingError(f"{setting}: cannot read {path}: {exc.strerror}") from None

@@ -1,0 +1,121 @@
+"""`perp-keeper run`: wire settings, key, scanner, strategy, transaction manager and engine, then go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from keeper import config
+from keeper.audit import AuditLog
+from keeper.engine import Engine, Result
+from keeper.profit import usd_text
+from keeper.scan import connection_settings, open_session
+from keeper.tx import TxManager
+from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
+
+log = logging.getLogger(__name__)
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+POLL_SECONDS = 1.0
+
+
+async def main(args: Any) -> int:
+    settings = config.run_settings(dry_run_flag=args.dry_run)
+    rpc_url, metadata, state_db = connection_settings(args)
+    signer = None if settings.dry_run else config.signer()
+    if not settings.dry_run and signer is None:
+        raise config.SettingError(
+            "no key: set KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE (or use --dry-run)"
+        )
+    if args.from_address and not settings.dry_run:
+        raise config.SettingError("--from: only with --dry-run (live, the key decides the liquidator)")
+    liquidator: str
+    if signer is not None:
+        liquidator = signer.address
+    elif args.from_address:
+        liquidator = config.address(args.from_address, "--from")
+    else:
+        key_owner = config.signer()  # a dry-run may still be told who it would be
+        liquidator = key_owner.address if key_owner else ZERO_ADDRESS
+    audit = AuditLog(args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"))
+    session = await open_session(rpc_url, metadata, state_db, progress=True)
+    try:
+        strategy = PerpV2Positions(
+            session.deployment,
+            session.scanner,
+            session.rpc,
+            session.read,
+            PositionSettings(
+                min_profit=settings.min_profit,
+                max_keeper_fee=settings.max_keeper_fee,
+                inherited=settings.inherited,
+                slippage_bps=settings.slippage_bps,
+                max_fee_gwei=settings.max_fee_gwei,
+            ),
+        )
+        tx = (
+            None
+            if signer is None
+            else TxManager(
+                session.rpc, signer, session.deployment.chain_id, max_fee_gwei=settings.max_fee_gwei
+            )
+        )
+        engine = Engine([strategy], session.rpc, liquidator, audit, tx)
+        mode = "dry-run" if tx is None else "live"
+        print(f"perp-keeper {mode}: liquidator {liquidator}", file=sys.stderr)
+        if args.once:
+            results = await engine.run_once()
+            write_summary(results, sys.stdout)
+        else:
+            await follow_heads(engine, session.rpc)
+    finally:
+        audit.close()
+        await session.close()
+    return 0
+
+
+async def follow_heads(engine: Engine, rpc: Any) -> None:
+    """One tick per new head, never two at once; SIGTERM/SIGINT stop after the current tick."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    last = -1
+    while not stop.is_set():
+        head = await rpc.header("latest")
+        if head.number != last:  # newer, or a reset to an older head: both are taken
+            last = head.number
+            results = await engine.tick(head)
+            for r in results:
+                if r.status != "skipped":
+                    log.info("%s %s %s: %s", r.kind, r.account, r.status, r.reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+
+
+def write_summary(results: Sequence[Result], out: TextIO) -> None:
+    print(
+        f"{'account':<42} {'kind':<10} {'market':<12} {'size':>14} {'reward':>14} {'gas (ETH)':>12} "
+        f"{'est. profit':>14}  status",
+        file=out,
+    )
+    for r in results:
+        market = (r.market or "")[:10]
+        size = f"{r.size / 10**18:,.4f}"
+        print(
+            f"{r.account:<42} {r.kind:<10} {market:<12} {size:>14} {usd_text(r.reward):>14} "
+            f"{r.gas_wei / 10**18:>12.6f} {usd_text(r.profit):>14}  {r.status} {r.reason}",
+            file=out,
+        )
+    executed = [r for r in results if r.status == "executed"]
+    print(
+        f"\n{len(executed)} executed, {len(results) - len(executed)} not; "
+        f"reward {usd_text(sum(r.reward for r in executed))}, "
+        f"gas {sum(r.gas_wei for r in results) / 10**18:.6f} ETH",
+        file=out,
+    )
