@@ -46,13 +46,9 @@ class Engine:
         audit: AuditLog,
         tx: TxManager | None,
     ) -> None:
-        self.strategies, self.rpc, self.liquidator, self.audit, self.tx = (
-            strategies,
-            rpc,
-            liquidator,
-            audit,
-            tx,
-        )
+        self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
+        self.audit, self.tx = audit, tx
+        self.ticks = 0
 
     @property
     def dry_run(self) -> bool:
@@ -60,6 +56,7 @@ class Engine:
 
     async def tick(self, head: BlockHeader | None = None) -> list[Result]:
         results: list[Result] = []
+        self.ticks += 1
         for strategy in self.strategies:
             await strategy.refresh(head)
             for opportunity in strategy.opportunities():
@@ -177,10 +174,12 @@ class Engine:
         estimate = plan.estimate
         self.audit.record(
             event="decision",
+            tick=self.ticks,
             strategy=strategy.name,
             account=op.account,
             kind=op.kind,
             market=_market(op),
+            opportunity_notional=op.notional,
             decision="execute" if plan.execute else "skip",
             reason=plan.reason,
             inputs=plan.inputs,

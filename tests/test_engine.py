@@ -1,0 +1,176 @@
+"""`perp-keeper run --once` on the real contracts: liquidations largest first, profit, dry-run safety."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+from web3 import Web3
+
+from devnet import up
+from devnet.chain import DevChain
+from devnet.proxy import RpcProxy
+from devnet.scenario import KEEPER_ADDRESS
+from keeper import cli
+
+# anvil's second default dev account: the devnet keeper (a public, well-known test key)
+KEEPER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+
+
+def keeper_value(devnet: up.Devnet) -> int:
+    """Vault account value + wallet USDC, both in USDC's 6 decimals."""
+    d = devnet.deployment
+    return int(d["Vault"].functions.getAccountValue(KEEPER_ADDRESS).call()) + int(
+        d["USDC"].functions.balanceOf(KEEPER_ADDRESS).call()
+    )
+
+
+def liquidatable(devnet: up.Devnet) -> set[str]:
+    """Accounts with a position ClearingHouse would liquidate (a WETH holder left with no position but
+    a negative account value is the collateral liquidator's, not this one's)."""
+    d = devnet.deployment
+    found = set()
+    for t in devnet.scenario.traders.values():
+        value = d["ClearingHouse"].functions.getAccountValue(t.address).call()
+        requirement = d["AccountBalance"].functions.getMarginRequirementForLiquidation(t.address).call()
+        if value < requirement and requirement > 0:
+            found.add(t.label)
+    return found
+
+
+def run(url: str, devnet: up.Devnet, tmp_path: Path, *extra: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli.main(
+            [
+                "run",
+                "--once",
+                "--rpc-url",
+                url,
+                "--metadata",
+                str(devnet.metadata_path),
+                "--state-db",
+                str(tmp_path / "keeper.sqlite"),
+                *extra,
+            ]
+        )
+    return code, out.getvalue()
+
+
+def test_hold_policy_liquidates_every_position_largest_first_and_gains(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
+    monkeypatch.setenv("KEEPER_INHERITED_POSITIONS", "hold")
+    before = keeper_value(devnet)
+    eth_before = chain.w3.eth.get_balance(Web3.to_checksum_address(KEEPER_ADDRESS))
+    audit = tmp_path / "audit.jsonl"
+    code, summary = run(devnet.url, devnet, tmp_path, "--audit-log", str(audit))
+    assert code == 0, summary
+    assert liquidatable(devnet) == set(), summary
+    gas_usd = (
+        (eth_before - chain.w3.eth.get_balance(Web3.to_checksum_address(KEEPER_ADDRESS))) * 1513 // 10**30
+    )
+    assert keeper_value(devnet) - before > gas_usd  # net of gas (ETH valued at the devnet's 1,513)
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    # the first pass takes opportunities largest position notional first (|size| x mark)
+    first_pass = [
+        int(r["opportunity_notional"])
+        for r in records
+        if r["event"] == "decision"
+        and r["tick"] == 1
+        and r["inputs"].get("round") == 1
+        and r["inputs"].get("stage") == "liquidate"
+    ]
+    assert len(first_pass) >= 8
+    assert first_pass == sorted(first_pass, reverse=True)
+    assert any(r["event"] == "transaction" and r["status"] == "mined" for r in records)
+
+
+def test_close_policy_executes_only_profitable_ones_and_gains(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
+    before = keeper_value(devnet)
+    code, summary = run(devnet.url, devnet, tmp_path)
+    assert code == 0, summary
+    assert "executed" in summary
+    assert keeper_value(devnet) > before
+    # what was skipped says why
+    for line in summary.splitlines():
+        if " skipped " in line:
+            assert "unprofitable" in line or "not liquidatable" in line
+
+
+def test_dry_run_sends_nothing_and_records_every_liquidatable_account(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEEPER_PRIVATE_KEY", raising=False)
+    audit = tmp_path / "dry.jsonl"
+    expected = liquidatable(devnet)
+    with RpcProxy(devnet.url) as proxy:
+        code, _ = run(
+            proxy.url, devnet, tmp_path, "--dry-run", "--from", KEEPER_ADDRESS, "--audit-log", str(audit)
+        )
+        assert code == 0
+        assert proxy.methods["eth_sendRawTransaction"] == 0
+        assert proxy.methods["eth_sendTransaction"] == 0
+    assert liquidatable(devnet) == expected  # nothing changed on chain
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    decided = {r["account"] for r in records if r["event"] == "decision"}
+    labels = {t.address: t.label for t in devnet.scenario.traders.values()}
+    assert {labels[a] for a in decided} == expected
+    for record in records:
+        if record["event"] == "decision" and record["estimate"]:
+            assert record["estimate"]["reward_gross"] >= record["estimate"]["reward_capped"]
+            assert "account_value" in record["inputs"]
+            assert record["steps"][0]["calldata"].startswith("0x")
+    assert any(r["event"] == "simulation" for r in records)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KEEPER_PRIVATE_KEY": "0x1234"}, "KEEPER_PRIVATE_KEY: not a 32-byte hex private key"),
+        ({"KEEPER_PRIVATE_KEY": ""}, "no key"),
+        (
+            {"KEEPER_PRIVATE_KEY": KEEPER_KEY, "KEEPER_MIN_PROFIT_USD": "lots"},
+            "KEEPER_MIN_PROFIT_USD: not a number",
+        ),
+        (
+            {"KEEPER_PRIVATE_KEY": KEEPER_KEY, "KEEPER_INHERITED_POSITIONS": "sell"},
+            "KEEPER_INHERITED_POSITIONS",
+        ),
+        ({"KEEPER_PRIVATE_KEY": KEEPER_KEY, "KEEPER_SLIPPAGE_BPS": "-5"}, "KEEPER_SLIPPAGE_BPS"),
+    ],
+)
+def test_run_bad_settings_are_one_line_exit_2_and_never_show_the_key(
+    devnet: up.Devnet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    message: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(
+        [
+            "run",
+            "--once",
+            "--rpc-url",
+            devnet.url,
+            "--metadata",
+            str(devnet.metadata_path),
+            "--state-db",
+            str(tmp_path / "x"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert KEEPER_KEY.removeprefix("0x") not in err
