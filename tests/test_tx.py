@@ -1,0 +1,110 @@
+"""The transaction manager against a real node: simulation gate, registry, cooldown, maybe-sent, replacement."""
+
+from __future__ import annotations
+
+import asyncio
+
+from eth_account import Account
+
+from devnet import up
+from devnet.chain import DevChain
+from keeper.rpc import Rpc
+from keeper.tx import TxManager, TxRequest
+from strategies.perp_v2.positions import LIQUIDATE, calldata
+
+KEEPER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+
+
+def harmless(devnet: up.Devnet, key: str = "noop") -> TxRequest:
+    """A transaction that always succeeds: approve the Vault for 0 USDC."""
+    usdc = devnet.deployment["USDC"]
+    data = bytes.fromhex(usdc.encode_abi("approve", args=[devnet.deployment["Vault"].address, 0])[2:])
+    return TxRequest(key, "0x" + "1" * 40, usdc.address, data, "approve")
+
+
+async def test_a_failing_simulation_is_never_sent_and_cools_the_account_down(
+    devnet: up.Devnet, chain: DevChain
+) -> None:
+    healthy = devnet.scenario.traders["eth-long-2x"].address
+    base = devnet.deployment.market("vETH").base_token.address
+    async with Rpc(devnet.url) as rpc:
+        manager = TxManager(rpc, Account.from_key(KEEPER_KEY), chain.w3.eth.chain_id, cooldown_seconds=60)
+        nonce_before = chain.w3.eth.get_transaction_count(manager.address)
+        request = TxRequest(
+            "a",
+            healthy,
+            devnet.deployment["ClearingHouse"].address,
+            calldata(LIQUIDATE, healthy, base, 1),
+            "liquidate",
+        )
+        outcome = await manager.send(request)
+        assert outcome.status == "simulation-failed"
+        assert "CH_EAV" in outcome.reason
+        assert chain.w3.eth.get_transaction_count(manager.address) == nonce_before  # nothing sent
+        again = await manager.send(TxRequest("b", healthy, request.to, request.data, "liquidate"))
+        assert again.status == "skipped"
+        assert "cooling down" in again.reason
+
+
+async def test_one_opportunity_is_never_in_flight_twice(devnet: up.Devnet, chain: DevChain) -> None:
+    async with Rpc(devnet.url) as rpc:
+        manager = TxManager(rpc, Account.from_key(KEEPER_KEY), chain.w3.eth.chain_id)
+        first, second = await asyncio.gather(
+            manager.send(harmless(devnet, "same")), manager.send(harmless(devnet, "same"))
+        )
+        assert sorted([first.status, second.status]) == ["mined", "skipped"]
+        assert "in flight" in (first.reason + second.reason)
+
+
+async def test_an_already_sent_transaction_is_found_by_hash_not_resigned(
+    devnet: up.Devnet, chain: DevChain
+) -> None:
+    async with Rpc(devnet.url) as rpc:
+        signer = Account.from_key(KEEPER_KEY)
+        manager = TxManager(rpc, signer, chain.w3.eth.chain_id)
+        request = harmless(devnet)
+        nonce = chain.w3.eth.get_transaction_count(signer.address)
+        fees = (2 * 10**9, 10**9)
+        # the same signed bytes reach the node first (as a retried HTTP request would)
+        tx = {
+            "type": 2,
+            "chainId": chain.w3.eth.chain_id,
+            "nonce": nonce,
+            "to": request.to,
+            "data": request.data,
+            "value": 0,
+            "gas": 100_000,
+            "maxFeePerGas": fees[0],
+            "maxPriorityFeePerGas": fees[1],
+        }
+        signed = signer.sign_transaction(tx)
+        chain.w3.eth.send_raw_transaction(signed.raw_transaction)
+        tx_hash = await manager._sign_and_send(request, nonce, 100_000, *fees)
+        assert tx_hash == "0x" + bytes(signed.hash).hex()
+        assert chain.w3.eth.get_transaction_count(signer.address) == nonce + 1
+
+
+async def test_a_stuck_transaction_is_replaced_with_the_same_nonce(
+    devnet: up.Devnet, chain: DevChain
+) -> None:
+    async with Rpc(devnet.url) as rpc:
+        signer = Account.from_key(KEEPER_KEY)
+        manager = TxManager(rpc, signer, chain.w3.eth.chain_id, replace_after_blocks=2, poll_seconds=0.05)
+        nonce = chain.w3.eth.get_transaction_count(signer.address)
+        chain.rpc("evm_setAutomine", False)
+        try:
+            sending = asyncio.create_task(manager.send(harmless(devnet)))
+            while not chain.rpc("txpool_content")["pending"]:
+                await asyncio.sleep(0.05)
+            chain.rpc("anvil_removePoolTransactions", signer.address)  # it never gets mined
+            for _ in range(3):
+                chain.rpc("evm_mine")
+            while not chain.rpc("txpool_content")["pending"]:  # the replacement arrives
+                await asyncio.sleep(0.05)
+            chain.rpc("evm_mine")
+            outcome = await asyncio.wait_for(sending, 30)
+        finally:
+            chain.rpc("evm_setAutomine", True)
+        assert outcome.status == "mined"
+        assert outcome.replacements == 1
+        assert chain.w3.eth.get_transaction(outcome.tx_hash)["nonce"] == nonce  # type: ignore[arg-type]
