@@ -1,8 +1,9 @@
-"""The transaction manager against a real node: simulation gate, registry, cooldown, maybe-sent, replacement."""
+"""The transaction manager on a real node: simulation gate, registry, cooldown, maybe-sent, replacement."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from eth_account import Account
 
@@ -13,6 +14,14 @@ from keeper.tx import TxManager, TxRequest
 from strategies.perp_v2.positions import LIQUIDATE, calldata
 
 KEEPER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 20) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
 
 
 def harmless(devnet: up.Devnet, key: str = "noop") -> TxRequest:
@@ -94,13 +103,11 @@ async def test_a_stuck_transaction_is_replaced_with_the_same_nonce(
         chain.rpc("evm_setAutomine", False)
         try:
             sending = asyncio.create_task(manager.send(harmless(devnet)))
-            while not chain.rpc("txpool_content")["pending"]:
-                await asyncio.sleep(0.05)
+            await eventually(lambda: bool(chain.rpc("txpool_content")["pending"]))
             chain.rpc("anvil_removePoolTransactions", signer.address)  # it never gets mined
             for _ in range(3):
                 chain.rpc("evm_mine")
-            while not chain.rpc("txpool_content")["pending"]:  # the replacement arrives
-                await asyncio.sleep(0.05)
+            await eventually(lambda: bool(chain.rpc("txpool_content")["pending"]))  # the replacement
             chain.rpc("evm_mine")
             outcome = await asyncio.wait_for(sending, 30)
         finally:
