@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--from", dest="from_address", default=None, help="dry-run: simulate as this liquidator")
     run.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
+    run.add_argument("--ws-url", default=None, help="WebSocket endpoint for new heads (env KEEPER_WS_URL)")
     run.add_argument(
         "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
     )

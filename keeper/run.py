@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
+
+from eth_abi.abi import decode
 
 from keeper import config
 from keeper.audit import AuditLog
 from keeper.engine import Engine, Result
+from keeper.loop import HeadLoop
 from keeper.profit import usd_text
+from keeper.rpc import Rpc
 from keeper.scan import connection_settings, open_session
 from keeper.tx import TxManager
-from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
+from strategies.perp_v2.positions import PerpV2Positions, PositionSettings, calldata
 
 log = logging.getLogger(__name__)
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
-POLL_SECONDS = 1.0
+LOW_ETH_WEI = 10**16  # 0.01 ETH
+LOW_FREE_COLLATERAL_USDC = 1_000 * 10**6
 
 
 async def main(args: Any) -> int:
@@ -72,30 +76,38 @@ async def main(args: Any) -> int:
             results = await engine.run_once()
             write_summary(results, sys.stdout)
         else:
-            await follow_heads(engine, session.rpc)
+            ws_url = args.ws_url or os.environ.get("KEEPER_WS_URL") or None
+            vault = session.deployment.vault
+            await follow_heads(
+                engine, session.rpc, ws_url, lambda: check_funds(session.rpc, vault, liquidator)
+            )
     finally:
         audit.close()
         await session.close()
     return 0
 
 
-async def follow_heads(engine: Engine, rpc: Any) -> None:
-    """One tick per new head, never two at once; SIGTERM/SIGINT stop after the current tick."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+async def follow_heads(
+    engine: Engine, rpc: Rpc, ws_url: str | None, funds: Callable[[], Awaitable[None]]
+) -> None:
+    """Tick on every new head until SIGTERM/SIGINT; the tick in progress finishes its sends first."""
+    loop = HeadLoop(rpc, engine.tick, ws_url=ws_url)
+    events = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    last = -1
-    while not stop.is_set():
-        head = await rpc.header("latest")
-        if head.number != last:  # newer, or a reset to an older head: both are taken
-            last = head.number
-            results = await engine.tick(head)
-            for r in results:
-                if r.status != "skipped":
-                    log.info("%s %s %s: %s", r.kind, r.account, r.status, r.reason)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), POLL_SECONDS)
+        events.add_signal_handler(sig, loop.stop.set)
+    loop.every(60, funds, "keeper-funds")
+    await loop.run()
+
+
+async def check_funds(rpc: Rpc, vault: str, keeper: str) -> None:
+    """Warn before the keeper runs dry: ETH for gas, and Vault free collateral for takeovers."""
+    balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
+    if balance < LOW_ETH_WEI:
+        log.warning("keeper %s has %.4f ETH left for gas", keeper, balance / 10**18)
+    data = calldata("getFreeCollateral(address)", keeper)
+    (free,) = decode(["uint256"], await rpc.call(vault, data))
+    if free < LOW_FREE_COLLATERAL_USDC:
+        log.warning("keeper %s has %.2f USDC free collateral in the Vault", keeper, free / 10**6)
 
 
 def write_summary(results: Sequence[Result], out: TextIO) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -32,10 +37,15 @@ def liquidatable(devnet: up.Devnet) -> set[str]:
     """Accounts with a position ClearingHouse would liquidate (a WETH holder left with no position but
     a negative account value is the collateral liquidator's, not this one's)."""
     d = devnet.deployment
+    block = devnet.chain.w3.eth.block_number  # pinned: a read racing anvil's mining can see a half state
     found = set()
     for t in devnet.scenario.traders.values():
-        value = d["ClearingHouse"].functions.getAccountValue(t.address).call()
-        requirement = d["AccountBalance"].functions.getMarginRequirementForLiquidation(t.address).call()
+        value = d["ClearingHouse"].functions.getAccountValue(t.address).call(block_identifier=block)
+        requirement = (
+            d["AccountBalance"]
+            .functions.getMarginRequirementForLiquidation(t.address)
+            .call(block_identifier=block)
+        )
         if value < requirement and requirement > 0:
             found.add(t.label)
     return found
@@ -174,3 +184,36 @@ def test_run_bad_settings_are_one_line_exit_2_and_never_show_the_key(
     assert message in err
     assert len(err.splitlines()) == 1
     assert KEEPER_KEY.removeprefix("0x") not in err
+
+
+def test_run_follows_heads_liquidates_and_stops_cleanly_on_sigterm(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "KEEPER_PRIVATE_KEY": KEEPER_KEY,
+        "KEEPER_INHERITED_POSITIONS": "hold",
+        "KEEPER_RPC_URL": devnet.url,
+        "KEEPER_WS_URL": devnet.url.replace("http://", "ws://"),
+        "KEEPER_METADATA": str(devnet.metadata_path),
+        "KEEPER_STATE_DB": str(tmp_path / "loop.sqlite"),
+    }
+    keeper = subprocess.Popen(
+        [sys.executable, "-m", "keeper.cli", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while liquidatable(devnet) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert liquidatable(devnet) == set()
+        keeper.send_signal(signal.SIGTERM)
+        _, err = keeper.communicate(timeout=30)
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+    assert keeper.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
