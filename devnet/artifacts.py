@@ -33,7 +33,7 @@ _UNISWAP = {
         "NonfungiblePositionManager.sol/NonfungiblePositionManager.json",
     ),
 }
-STAND_INS = ("TestToken", "WETH9", "SettablePriceFeed", "Multicall3")
+STAND_INS = ("TestToken", "WETH9", "SettablePriceFeed", "Multicall3", "GasPriceOracleStandIn")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
@@ -48,11 +49,12 @@ def start(
     port: int = 0,
     out_dir: Path = Path("state/devnet"),
     log: bool = True,
+    anvil_args: Sequence[str] = (),
 ) -> Devnet:
     """Start anvil, deploy, build `scenario`, write metadata + scenario manifest into `out_dir`."""
     say = _log if log else (lambda _m: None)
     toolchain.ensure()
-    anvil = Anvil(port=port, extra_args=["--timestamp", str(GENESIS_TIMESTAMP)]).start()
+    anvil = Anvil(port=port, extra_args=["--timestamp", str(GENESIS_TIMESTAMP), *anvil_args]).start()
     try:
         chain = DevChain(anvil.url)
         t0 = time.monotonic()

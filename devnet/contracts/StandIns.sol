@@ -195,3 +195,25 @@ contract Multicall3 {
         return block.chainid;
     }
 }
+
+/// The OP-stack GasPriceOracle's Fjord `getL1FeeUpperBound`, for anvil (which has no predeploy there).
+/// Installed at 0x42..0F with anvil_setCode, so its constructor never runs: the L1 prices are plain
+/// storage slots 0-3, set with anvil_setStorageAt like the real L1Block's.
+contract GasPriceOracleStandIn {
+    uint256 public l1BaseFee; // slot 0
+    uint256 public blobBaseFee; // slot 1
+    uint256 public baseFeeScalar; // slot 2
+    uint256 public blobBaseFeeScalar; // slot 3
+
+    function isFjord() external pure returns (bool) {
+        return true;
+    }
+
+    function getL1FeeUpperBound(uint256 unsignedTxSize) external view returns (uint256) {
+        uint256 txSize = unsignedTxSize + 68;
+        uint256 flzUpperBound = txSize + txSize / 255 + 16;
+        int256 estimated = -42_585_600 + 836_500 * int256(flzUpperBound);
+        uint256 size = estimated < 100_000_000 ? 100_000_000 : uint256(estimated);
+        return (size * (16 * l1BaseFee * baseFeeScalar + blobBaseFee * blobBaseFeeScalar)) / 1e12;
+    }
+}
