@@ -93,7 +93,7 @@ class Engine:
                 await self._simulate_all(strategy, plan)
                 result.status, result.reason = "dry-run", plan.reason
                 break
-            outcomes = await self._send_all(plan, self.tx)
+            outcomes = await self._send_all(strategy, plan, self.tx)
             result.gas_wei += sum(o.fee_wei for o in outcomes)
             result.txs += [o.tx_hash for o in outcomes if o.tx_hash]
             if all(o.ok for o in outcomes):
@@ -105,12 +105,13 @@ class Engine:
                 failed = next(o for o in outcomes if not o.ok)
                 if result.status != "executed":
                     result.status = "failed"
-                result.reason = f"{failed.request.label}: {failed.status} {failed.reason}".strip()
+                reason = strategy.explain(failed.reason)
+                result.reason = f"{failed.request.label}: {failed.status} {reason}".strip()
             first = False
             plan = await strategy.follow_up(plan, outcomes, self.liquidator)
         return result
 
-    async def _send_all(self, plan: Plan, tx: TxManager) -> list[TxOutcome]:
+    async def _send_all(self, strategy: Strategy, plan: Plan, tx: TxManager) -> list[TxOutcome]:
         outcomes = []
         round_ = plan.inputs.get("round", 1)
         for step in plan.steps:
@@ -129,7 +130,7 @@ class Engine:
                 kind=plan.opportunity.kind,
                 step=step.label,
                 status=outcome.status,
-                reason=outcome.reason,
+                reason=strategy.explain(outcome.reason) if outcome.reason else "",
                 tx_hash=outcome.tx_hash,
                 block=outcome.block,
                 gas_used=outcome.gas_used,
@@ -155,7 +156,7 @@ class Engine:
                 await self.rpc.request("eth_call", [tx, "latest"])
                 simulation: dict[str, Any] = {"ok": True}
             except RpcError as exc:
-                simulation = {"ok": False, "reason": revert_reason(exc)}
+                simulation = {"ok": False, "reason": strategy.explain(revert_reason(exc))}
                 if i > 0:
                     simulation["note"] = "runs after the previous steps; simulated alone"
             self.audit.record(

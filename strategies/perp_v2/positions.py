@@ -208,6 +208,9 @@ class PerpV2Positions:
         cost = notional - quote if selling else quote - notional
         return max(0, cost), f"opposite openPosition simulated: {quote} quote for {abs(liquidated)} base"
 
+    def explain(self, reason: str) -> str:
+        return explain(reason)
+
     # --- after a plan ran ---------------------------------------------------------------------------
     async def follow_up(self, plan: Plan, outcomes: list[TxOutcome], liquidator: str) -> Plan | None:
         if not outcomes or not all(o.ok for o in outcomes):
