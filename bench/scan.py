@@ -78,7 +78,8 @@ class Driver:
             answers += [r["result"] for r in reply]
         return answers
 
-    def send_all(self, txs: Sequence[dict[str, str]]) -> None:
+    def send_all(self, txs: Sequence[dict[str, str]], tolerate: bool = False) -> int:
+        """Send and wait for all; returns how many failed (raises unless `tolerate`)."""
         # anvil runs a batch's requests concurrently: give every transaction its nonce up front
         senders = sorted({tx["from"] for tx in txs})
         counts = self.batch([("eth_getTransactionCount", [s, "pending"]) for s in senders])
@@ -94,7 +95,7 @@ class Driver:
             time.sleep(0.005)
             receipts = self.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
         failed = [tx for tx, r in zip(txs, receipts, strict=True) if r is None or r["status"] != "0x1"]
-        if failed:
+        if failed and not tolerate:
             reply = self.client.post(
                 self.url,
                 json={"jsonrpc": "2.0", "id": 1, "method": "eth_call", "params": [failed[0], "latest"]},
@@ -102,6 +103,7 @@ class Driver:
             raise RuntimeError(
                 f"{len(failed)} of {len(txs)} transactions failed, first: {reply.get('error')}"
             )
+        return len(failed)
 
     def base(self, symbol: str) -> str:
         return next(m.base_token for m in self.d.markets if m.base_symbol == symbol)
@@ -114,7 +116,7 @@ class Driver:
         )
         return {"from": trader, "to": self.d.clearing_house, "data": data}
 
-    def create_accounts(self, first: int, count: int) -> list[str]:
+    def create_accounts(self, first: int, count: int, tolerate: bool = False) -> list[str]:
         """Fund, deposit and open a position for accounts first..first+count (deterministic mix)."""
         vault = self.d.vault
         eth, btc = self.base("vETH"), self.base("vBTC")
@@ -153,7 +155,7 @@ class Driver:
         # one at a time: anvil runs a batch's requests concurrently, and a run of same-side trades
         # would move the pool far from the lagging mark price (CH_NEFCI)
         for tx in opens:
-            self.send_all([tx])
+            self.send_all([tx], tolerate)
         return traders
 
     def _deposit_for(self, trader: str, usdc_amount: int) -> dict[str, str]:
@@ -229,18 +231,20 @@ def naive(url: str, d: Deployment, accounts: Sequence[str]) -> tuple[int, float]
 
 
 def tick(builder: ScenarioBuilder, driver: Driver, k: int, n: int) -> None:
-    """One tick of market life: ETH -0.6 %, BTC +0.5 %, two new accounts, two positions added to."""
+    """One tick of market life: ETH -0.6 %, BTC +0.5 %, two new accounts, two positions added to
+    (a trade the market refuses, e.g. CH_NEFCI for an account already near liquidation, just fails)."""
     eth = 1_780 * (1 - 0.006 * (k + 1))
     btc = 30_000 * (1 + 0.005 * (k + 1))
     builder.move_market("vETH", f"{eth:.2f}", builder.traders["price-mover"])
     builder.move_market("vBTC", f"{btc:.2f}", builder.traders["price-mover"])
-    driver.create_accounts(n + 2 * k, 2)
+    driver.create_accounts(n + 2 * k, 2, tolerate=True)
     eth_base = driver.base("vETH")
     driver.send_all(
         [
             driver.open(bench_address((k * 97 + j * 13) % n), eth_base, False, units.ether(500))
             for j in range(2)
-        ]
+        ],
+        tolerate=True,
     )
 
 

@@ -85,12 +85,12 @@ def test_takers_makers_and_collateral_in_execution_order() -> None:
     assert [o.liquidatable for o in found] == [True] * 5 + [False]
 
 
-def test_a_taker_is_reread_only_after_half_its_cushion_can_be_lost() -> None:
+def test_a_taker_is_reread_only_when_its_cushion_can_nearly_be_lost() -> None:
     # 10 ETH long at 2,000: exposure 20,000; cushion 1,500 - 1,250 = 250; drift 1 + 20 = 21
     taker = account("0x1", 1_500 * X18, 1_250 * X18, Position(ETH, 10 * X18, 10 * X18))
     tol = risk.tolerance(taker, snapshot(taker), PARAMS)
-    # room 229 over 2 x 20,000 x 1.0625 = 42,500 per unit of move
-    assert tol.relative_move == 229 * X18 * X18 // (42_500 * X18)
+    # room 229 over 5/4 x 20,000 x 1.0625 = 26,562.5 per unit of move
+    assert tol.relative_move == 229 * X18 * X18 * 4 // (5 * 21_250 * X18)
     assert not tol.always
     just_inside = 2_000 * X18 - 2_000 * tol.relative_move + 2_000
     assert not risk.moved(tol, {ETH: just_inside}, {})
@@ -123,6 +123,6 @@ def test_collateral_debt_threshold_bounds_the_tolerance() -> None:
         debt_threshold=10_000 * 10**6,
     )
     tol = risk.tolerance(holder, snapshot(holder), PARAMS)
-    # (c): room 100 - drift (1 + 10 bps of 70,000 = 71) = 29 over 2 x 10,000 of ETH exposure
-    assert tol.relative_move == 29 * X18 * X18 // (20_000 * X18)
+    # (c): room 100 - drift (1 + 10 bps of 70,000 = 71) = 29 over 5/4 x 10,000 of ETH exposure
+    assert tol.relative_move == 29 * X18 * X18 * 4 // (5 * 10_000 * X18)
     assert (WETH, 2_000 * 10**8) in tol.prices

@@ -17,9 +17,10 @@ TAKER, MAKER, COLLATERAL = "taker", "maker", "collateral"
 KIND_ORDER = {TAKER: 0, MAKER: 0, COLLATERAL: 1}  # positions first: they change what collateral owes
 
 # How close to a liquidation condition an account must be, after the worst price move since its last
-# exact read, to be read again on this block: twice the linear worst case, plus a drift allowance
-# (funding, fees, rounding) of DRIFT_BPS of its exposure plus DRIFT_FLOOR_X18.
-LOSS_SAFETY = 2
+# exact read, to be read again on this block: 5/4 of the linear worst case (a taker's PnL and
+# requirement are exactly linear in the mark, so this is margin for rounding, not for a model error),
+# plus a drift allowance (funding, fees) of DRIFT_BPS of its exposure plus DRIFT_FLOOR_X18.
+LOSS_SAFETY_NUM, LOSS_SAFETY_DEN = 5, 4
 DRIFT_BPS = 10
 DRIFT_FLOOR_X18 = X18  # 1 USD
 NEVER = 2**255  # a tolerance for accounts with nothing exposed to prices
@@ -222,7 +223,7 @@ class Tolerance:
 def tolerance(account: Account, snapshot: Snapshot, params: Params) -> Tolerance:
     """The largest relative move of any of its prices that cannot make `account` liquidatable.
 
-    For each condition, cushion - drift >= LOSS_SAFETY x worst-case loss, with the loss linear in the
+    For each condition, cushion - drift >= 5/4 x the worst-case loss, with the loss linear in the
     move: taker PnL is |size| x dmark exactly, the requirement grows by its ratio of that, collateral
     loses at most its full value x dprice. Makers are always read: their impermanent position is not
     linear in price.
@@ -279,7 +280,7 @@ def tolerance(account: Account, snapshot: Snapshot, params: Params) -> Tolerance
         if room <= 0:
             return Tolerance(account.block, 0, prices, always=True)
         if loss_per_move > 0:
-            move = min(move, room * X18 // (LOSS_SAFETY * loss_per_move))
+            move = min(move, room * X18 * LOSS_SAFETY_DEN // (LOSS_SAFETY_NUM * loss_per_move))
     return Tolerance(account.block, move, prices)
 
 
