@@ -279,6 +279,20 @@ def scenario_all_kinds(b: ScenarioBuilder) -> None:
     b.move_market("vETH", "1513", mover)
     b.set_collateral_price("1513")
     b.settle_twaps()
+    _refill_books(b)
+
+
+def _refill_books(b: ScenarioBuilder) -> None:
+    """Market makers refill the books around the settled prices, as on a live venue.
+
+    Without it the pools keep only the thin launch ranges, and closing a position a liquidator takes
+    over would cost several times the reward. Adding liquidity moves no price and no mark, so every
+    account stays exactly where the scenario put it.
+    """
+    deep = b.trader("lp-deep", note="deep liquidity around the settled prices; healthy maker")
+    b.deposit_usdc(deep.address, units.usdc(20_000_000))
+    b.add_liquidity(deep, "vETH", "1300", "1750", base="3000", quote="4500000")
+    b.add_liquidity(deep, "vBTC", "30000", "40000", base="100", quote="3450000")
 
 
 SCENARIOS: dict[str, Callable[[ScenarioBuilder], None]] = {

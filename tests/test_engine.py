@@ -102,19 +102,23 @@ def test_hold_policy_liquidates_every_position_largest_first_and_gains(
     assert any(r["event"] == "transaction" and r["status"] == "mined" for r in records)
 
 
-def test_close_policy_executes_only_profitable_ones_and_gains(
+def test_default_close_policy_liquidates_every_position_and_gains_net_of_gas(
     devnet: up.Devnet, chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
-    before = keeper_value(devnet)
+    keeper = Web3.to_checksum_address(KEEPER_ADDRESS)
+    before, eth_before = keeper_value(devnet), chain.w3.eth.get_balance(keeper)
     code, summary = run(devnet.url, devnet, tmp_path)
     assert code == 0, summary
-    assert "executed" in summary
-    assert keeper_value(devnet) > before
-    # what was skipped says why
-    for line in summary.splitlines():
-        if " skipped " in line:
-            assert "unprofitable" in line or "not liquidatable" in line
+    assert liquidatable(devnet) == set(), summary
+    assert " skipped " not in summary, summary
+    # what was taken over was closed: the keeper holds no position
+    d = devnet.deployment
+    for market in d.markets.values():
+        base = market.base_token.address
+        assert d["AccountBalance"].functions.getTakerPositionSize(keeper, base).call() == 0
+    gas_usd = (eth_before - chain.w3.eth.get_balance(keeper)) * 1513 // 10**30
+    assert keeper_value(devnet) - before > gas_usd
 
 
 def test_dry_run_sends_nothing_and_records_every_liquidatable_account(
