@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from eth_abi.abi import encode
-from eth_utils.abi import function_signature_to_4byte_selector
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
@@ -41,7 +39,7 @@ from devnet.proxy import RpcProxy
 from devnet.scenario import DEADLINE, ScenarioBuilder
 from keeper import multicall
 from keeper.metadata import Deployment, load_metadata
-from keeper.multicall import Call
+from keeper.multicall import Call, encode_call
 from keeper.rpc import Rpc
 from keeper.scan import open_session
 from strategies.perp_v2.scanner import UpdateStats
@@ -54,8 +52,8 @@ def bench_address(i: int) -> str:
     return str(to_checksum_address(keccak(text=f"perp-keeper/bench/{i}")[:20]))
 
 
-def selector_call(signature: str, types: Sequence[str], args: Sequence[Any]) -> str:
-    return "0x" + (function_signature_to_4byte_selector(signature) + encode(list(types), list(args))).hex()
+def selector_call(signature: str, *args: Any) -> str:
+    return "0x" + encode_call(signature, *args).hex()
 
 
 class Driver:
@@ -111,8 +109,7 @@ class Driver:
     def open(self, trader: str, base: str, short: bool, quote: int) -> dict[str, str]:
         data = selector_call(
             "openPosition((address,bool,bool,uint256,uint256,uint256,uint160,bytes32))",
-            ["(address,bool,bool,uint256,uint256,uint256,uint160,bytes32)"],
-            [(base, short, not short, quote, 0, DEADLINE, 0, b"\x00" * 32)],
+            (base, short, not short, quote, 0, DEADLINE, 0, b"\x00" * 32),
         )
         return {"from": trader, "to": self.d.clearing_house, "data": data}
 
@@ -136,7 +133,7 @@ class Driver:
                     {
                         "from": trader,
                         "to": vault,
-                        "data": selector_call("depositEther()", [], []),
+                        "data": selector_call("depositEther()"),
                         "value": hex(weth),
                     }
                 )
@@ -160,9 +157,7 @@ class Driver:
 
     def _deposit_for(self, trader: str, usdc_amount: int) -> dict[str, str]:
         data = selector_call(
-            "depositFor(address,address,uint256)",
-            ["address", "address", "uint256"],
-            [trader, self.d.usdc, units.usdc(usdc_amount)],
+            "depositFor(address,address,uint256)", trader, self.d.usdc, units.usdc(usdc_amount)
         )
         return {"from": DEPLOYER, "to": self.d.vault, "data": data}
 
@@ -223,7 +218,7 @@ def naive(url: str, d: Deployment, accounts: Sequence[str]) -> tuple[int, float]
                 "jsonrpc": "2.0",
                 "id": 1,
                 "method": "eth_call",
-                "params": [{"to": to, "data": selector_call(sig, ["address"], [a])}, "latest"],
+                "params": [{"to": to, "data": selector_call(sig, a)}, "latest"],
             }
             client.post(url, json=body).raise_for_status()
             requests += 1

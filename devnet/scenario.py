@@ -31,6 +31,7 @@ MOVE_STEP_SECONDS = 16  # a new 15-s window for the next step
 
 # anvil's second default dev account (a public, well-known test key): the keeper's devnet wallet.
 KEEPER_ADDRESS = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+KEEPER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 
 
 @dataclass

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eth_abi.abi import decode, encode
-from eth_utils.abi import function_signature_to_4byte_selector
+from eth_abi.abi import decode
 
+from keeper.multicall import encode_call
 from keeper.profit import GasPrice
 from keeper.rpc import BlockId, Rpc, RpcError
 
@@ -42,9 +42,7 @@ async def l1_fee_upper_bound(rpc: Rpc, unsigned_tx_size: int, block: BlockId = "
     code = await rpc.request("eth_getCode", [GAS_PRICE_ORACLE, block])
     if code in (None, "0x", ""):
         return L1Fee(0, "no GasPriceOracle at 0x42..0F: L1 data fee counted as 0")
-    data = function_signature_to_4byte_selector("getL1FeeUpperBound(uint256)") + encode(
-        ["uint256"], [unsigned_tx_size]
-    )
+    data = encode_call("getL1FeeUpperBound(uint256)", unsigned_tx_size)
     try:
         (wei,) = decode(["uint256"], await rpc.call(GAS_PRICE_ORACLE, data, block))
     except RpcError as exc:

@@ -35,9 +35,7 @@ class Call:
     gas: int = DEFAULT_GAS_PER_CALL
 
     def calldata(self) -> bytes:
-        inputs = self.signature[self.signature.index("(") + 1 : -1]
-        types = list(_split_types(inputs)) if inputs else []
-        return function_signature_to_4byte_selector(self.signature) + encode(types, list(self.args))
+        return encode_call(self.signature, *self.args)
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,13 @@ class CallFailedError(RuntimeError):
     def __init__(self, revert_data: bytes) -> None:
         super().__init__(f"call reverted: {decode_revert(revert_data)}")
         self.revert_data = revert_data
+
+
+def encode_call(signature: str, *args: Any) -> bytes:
+    """Calldata of `signature` like "liquidate(address,address,int256)" with `args`."""
+    inputs = signature[signature.index("(") + 1 : -1]
+    types = list(_split_types(inputs)) if inputs else []
+    return function_signature_to_4byte_selector(signature) + encode(types, list(args))
 
 
 def encode_aggregate3(calls: Sequence[Call]) -> bytes:

@@ -16,11 +16,12 @@ from keeper import config
 from keeper.audit import AuditLog
 from keeper.engine import Engine, Result
 from keeper.loop import HeadLoop
+from keeper.multicall import encode_call
 from keeper.profit import usd_text
 from keeper.rpc import Rpc
 from keeper.scan import connection_settings, open_session
 from keeper.tx import TxManager
-from strategies.perp_v2.positions import PerpV2Positions, PositionSettings, calldata
+from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
 
 log = logging.getLogger(__name__)
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -104,7 +105,7 @@ async def check_funds(rpc: Rpc, vault: str, keeper: str) -> None:
     balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
     if balance < LOW_ETH_WEI:
         log.warning("keeper %s has %.4f ETH left for gas", keeper, balance / 10**18)
-    data = calldata("getFreeCollateral(address)", keeper)
+    data = encode_call("getFreeCollateral(address)", keeper)
     (free,) = decode(["uint256"], await rpc.call(vault, data))
     if free < LOW_FREE_COLLATERAL_USDC:
         log.warning("keeper %s has %.2f USDC free collateral in the Vault", keeper, free / 10**6)

@@ -20,11 +20,8 @@ from web3.exceptions import ContractLogicError
 from devnet import up
 from devnet.chain import DevChain
 from devnet.proxy import RpcProxy
-from devnet.scenario import KEEPER_ADDRESS
+from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from keeper import cli
-
-# anvil's second default dev account: the devnet keeper (a public, well-known test key)
-KEEPER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 
 
 def keeper_value(devnet: up.Devnet) -> int:

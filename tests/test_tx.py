@@ -9,11 +9,11 @@ from eth_account import Account
 
 from devnet import up
 from devnet.chain import DevChain
+from devnet.scenario import KEEPER_KEY
+from keeper.multicall import encode_call
 from keeper.rpc import Rpc
 from keeper.tx import TxManager, TxRequest
-from strategies.perp_v2.positions import LIQUIDATE, calldata
-
-KEEPER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+from strategies.perp_v2.positions import LIQUIDATE
 
 
 async def eventually(condition: Callable[[], bool], seconds: float = 20) -> None:
@@ -43,7 +43,7 @@ async def test_a_failing_simulation_is_never_sent_and_cools_the_account_down(
             "a",
             healthy,
             devnet.deployment["ClearingHouse"].address,
-            calldata(LIQUIDATE, healthy, base, 1),
+            encode_call(LIQUIDATE, healthy, base, 1),
             "liquidate",
         )
         outcome = await manager.send(request)

@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi.abi import decode, encode
-from eth_utils.abi import function_signature_to_4byte_selector
+from eth_abi.abi import decode
 
 from keeper import gas, profit
 from keeper.metadata import Deployment
-from keeper.multicall import Call
+from keeper.multicall import Call, encode_call
 from keeper.profit import RATIO, X18
 from keeper.rpc import BlockHeader, Rpc, RpcError
 from keeper.tx import TxOutcome, revert_reason
@@ -47,12 +46,6 @@ class PositionSettings:
     inherited: str = "close"  # KEEPER_INHERITED_POSITIONS: close | hold
     slippage_bps: int = 100  # KEEPER_SLIPPAGE_BPS for closing what was taken over
     max_fee_gwei: int | None = None  # KEEPER_MAX_FEE_GWEI
-
-
-def calldata(signature: str, *args: Any) -> bytes:
-    inputs = signature[signature.index("(") + 1 : signature.rindex(")")]
-    types = [inputs] if inputs.startswith("(") else inputs.split(",")
-    return function_signature_to_4byte_selector(signature) + encode(types, list(args))
 
 
 class PerpV2Positions:
@@ -131,12 +124,12 @@ class PerpV2Positions:
             "inherited_policy": self.settings.inherited,
         }
         steps = [
-            Step(f"cancelAllExcessOrders {m}", ch, calldata(CANCEL_ALL, trader, m), 0)
+            Step(f"cancelAllExcessOrders {m}", ch, encode_call(CANCEL_ALL, trader, m), 0)
             for m in op.cancel_markets
         ]
         if not has_order:
             steps = []
-        steps.append(Step("liquidate", ch, calldata(LIQUIDATE, trader, base, size), GAS_LIQUIDATE))
+        steps.append(Step("liquidate", ch, encode_call(LIQUIDATE, trader, base, size), GAS_LIQUIDATE))
 
         def skip(reason: str) -> Plan:
             return Plan(op, steps, None, False, reason, inputs)
@@ -158,7 +151,7 @@ class PerpV2Positions:
         price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)
         costs = []
         closing = [
-            Step("close", ch, calldata(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL)), GAS_CLOSE)
+            Step("close", ch, encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL)), GAS_CLOSE)
         ]
         for step in steps + (closing if self.settings.inherited == "close" else []):
             l1 = await gas.l1_fee_upper_bound(self.rpc, len(step.data) + UNSIGNED_TX_OVERHEAD)
@@ -197,7 +190,7 @@ class PerpV2Positions:
         tx = {
             "from": liquidator,
             "to": self.d.clearing_house,
-            "data": "0x" + calldata(OPEN_POSITION, trade).hex(),
+            "data": "0x" + encode_call(OPEN_POSITION, trade).hex(),
         }
         try:
             out = await self.rpc.request("eth_call", [tx, "latest"])
@@ -242,7 +235,7 @@ class PerpV2Positions:
         )[0].one()
         if held == 0:
             return None
-        probe = calldata(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
+        probe = encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
         tx = {"from": liquidator, "to": self.d.clearing_house, "data": "0x" + probe.hex()}
         inputs: dict[str, Any] = {"stage": "close", "round": round_, "keeper_position": held}
         try:
@@ -267,7 +260,7 @@ class PerpV2Positions:
         step = Step(
             "close",
             self.d.clearing_house,
-            calldata(CLOSE_POSITION, (base, 0, bound, DEADLINE, NO_REFERRAL)),
+            encode_call(CLOSE_POSITION, (base, 0, bound, DEADLINE, NO_REFERRAL)),
             GAS_CLOSE,
         )
         return Plan(

@@ -184,11 +184,8 @@ class Scanner:
             except CallFailedError as exc:  # keep the last good picture of this account
                 log.warning("account %s unreadable at block %d: %s", account, block, exc)
             at += n_core + n_extra
-        reshaped = {
-            a: self.views.shape_of(core)
-            for a, core in cores.items()
-            if self.views.shape_of(core) != self.shapes.get(a)
-        }
+        shapes = {a: self.views.shape_of(core) for a, core in cores.items()}
+        reshaped = {a: shape for a, shape in shapes.items() if shape != self.shapes.get(a)}
         if reshaped:
             self.shapes.update(reshaped)
             second = {a: self.views.extra_calls(a, shape, mm) for a, shape in reshaped.items()}
