@@ -98,7 +98,7 @@ class Rpc:
             response = await self.provider.make_request(RPCEndpoint(method), list(params))
             return _result(method, cast(dict[str, Any], response))
 
-        return await self._retrying(once, method) if retry else await self._unavailable(once, method)
+        return await self._retrying(once, method, self.attempts if retry else 1)
 
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """Several requests in as few HTTP round trips as `max_batch` allows.
@@ -109,7 +109,9 @@ class Rpc:
         answers: list[Any] = []
         for start in range(0, len(requests), self.max_batch):
             chunk = requests[start : start + self.max_batch]
-            answers += await self._retrying(lambda chunk=chunk: self._batch_once(chunk), "batch")
+            answers += await self._retrying(
+                lambda chunk=chunk: self._batch_once(chunk), "batch", self.attempts
+            )
         return answers
 
     async def _batch_once(self, chunk: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
@@ -130,10 +132,10 @@ class Rpc:
                 answers.append(exc)
         return answers
 
-    async def _retrying(self, attempt: Any, method: str) -> Any:
+    async def _retrying(self, attempt: Any, method: str, attempts: int) -> Any:
         retrying = AsyncRetrying(
             retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(self.attempts),
+            stop=stop_after_attempt(attempts),
             # tenacity's default jitter (up to 1 s) would swamp these short waits: add a small one
             wait=wait_exponential(multiplier=self.backoff_seconds, max=8)
             + wait_random(0, self.backoff_seconds / 2),
@@ -150,14 +152,6 @@ class Rpc:
                 f"{method}: RPC {redact(self.url)} unreachable: {_describe(exc)}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _unavailable(self, attempt: Any, method: str) -> Any:
-        try:
-            return await attempt()
-        except TRANSPORT_ERRORS as exc:
-            raise RpcUnavailableError(
-                f"{method}: RPC {redact(self.url)} unreachable: {_describe(exc)}"
-            ) from None
 
     # --- the reads a keeper needs ---------------------------------------------------------------
     async def chain_id(self) -> int:
