@@ -187,19 +187,20 @@ class PerpV2Positions:
             return 0, "hold: the keeper keeps the position and its market risk"
         selling = liquidated > 0  # a long taken over is closed by selling base
         trade = (base, selling, selling, abs(liquidated), 0, DEADLINE, 0, NO_REFERRAL)
-        tx = {
-            "from": liquidator,
-            "to": self.d.clearing_house,
-            "data": "0x" + encode_call(OPEN_POSITION, trade).hex(),
-        }
         try:
-            out = await self.rpc.request("eth_call", [tx, "latest"])
+            quote = await self._quote(liquidator, encode_call(OPEN_POSITION, trade))
         except RpcError as exc:
             fallback = notional * (fee_ratio + 10_000) // RATIO  # fee + 1 % impact
             return fallback, f"simulated close failed ({explain(revert_reason(exc))}): fee + 1 % assumed"
-        _, quote = decode(["uint256", "uint256"], bytes.fromhex(str(out)[2:]))
         cost = notional - quote if selling else quote - notional
         return max(0, cost), f"opposite openPosition simulated: {quote} quote for {abs(liquidated)} base"
+
+    async def _quote(self, liquidator: str, data: bytes) -> int:
+        """The quote a ClearingHouse trade from `liquidator` would exchange now (eth_call, no send)."""
+        tx = {"from": liquidator, "to": self.d.clearing_house, "data": "0x" + data.hex()}
+        out = await self.rpc.request("eth_call", [tx, "latest"])
+        _, quote = decode(["uint256", "uint256"], bytes.fromhex(str(out).removeprefix("0x")))
+        return int(quote)
 
     def explain(self, reason: str) -> str:
         return explain(reason)
@@ -235,13 +236,10 @@ class PerpV2Positions:
         )[0].one()
         if held == 0:
             return None
-        probe = encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
-        tx = {"from": liquidator, "to": self.d.clearing_house, "data": "0x" + probe.hex()}
         inputs: dict[str, Any] = {"stage": "close", "round": round_, "keeper_position": held}
         try:
-            _, quote = decode(
-                ["uint256", "uint256"],
-                bytes.fromhex(str(await self.rpc.request("eth_call", [tx, "latest"]))[2:]),
+            quote = await self._quote(
+                liquidator, encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
             )
         except RpcError as exc:
             return Plan(
