@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from eth_abi.abi import decode
@@ -16,11 +16,22 @@ from keeper import config
 from keeper.audit import AuditLog
 from keeper.engine import Engine, Result
 from keeper.loop import HeadLoop
+from keeper.metadata import Deployment
 from keeper.multicall import encode_call
 from keeper.profit import usd_text
+from keeper.quotes import (
+    OPTIMISM_QUOTER_V2,
+    OPTIMISM_SWAP_ROUTER,
+    HttpAggregator,
+    OneInch,
+    QuoteSource,
+    UniswapV3,
+    ZeroEx,
+)
 from keeper.rpc import Rpc
 from keeper.scan import connection_settings, open_session
 from keeper.tx import TxManager
+from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
 
 log = logging.getLogger(__name__)
@@ -49,8 +60,9 @@ async def main(args: Any) -> int:
         liquidator = key_owner.address if key_owner else ZERO_ADDRESS
     audit = AuditLog(args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"))
     session = await open_session(rpc_url, metadata, state_db, progress=True)
+    sources: list[QuoteSource] = []
     try:
-        strategy = PerpV2Positions(
+        positions = PerpV2Positions(
             session.deployment,
             session.scanner,
             session.rpc,
@@ -63,6 +75,20 @@ async def main(args: Any) -> int:
                 max_fee_gwei=settings.max_fee_gwei,
             ),
         )
+        sources = quote_sources(session.rpc, session.deployment)
+        collateral = PerpV2Collateral(
+            session.deployment,
+            session.scanner,
+            session.rpc,
+            session.read,
+            sources,
+            CollateralSettings(
+                min_profit=settings.min_profit,
+                max_keeper_fee=settings.max_keeper_fee,
+                slippage_bps=settings.slippage_bps,
+                max_fee_gwei=settings.max_fee_gwei,
+            ),
+        )
         tx = (
             None
             if signer is None
@@ -70,7 +96,7 @@ async def main(args: Any) -> int:
                 session.rpc, signer, session.deployment.chain_id, max_fee_gwei=settings.max_fee_gwei
             )
         )
-        engine = Engine([strategy], session.rpc, liquidator, audit, tx)
+        engine = Engine([positions, collateral], session.rpc, liquidator, audit, tx)
         mode = "dry-run" if tx is None else "live"
         print(f"perp-keeper {mode}: liquidator {liquidator}", file=sys.stderr)
         if args.once:
@@ -84,8 +110,33 @@ async def main(args: Any) -> int:
             )
     finally:
         audit.close()
+        for source in sources:
+            if isinstance(source, HttpAggregator):
+                await source.close()
         await session.close()
     return 0
+
+
+def quote_sources(
+    rpc: Rpc, deployment: Deployment, env: Mapping[str, str] | None = None
+) -> list[QuoteSource]:
+    """Uniswap v3 on chain always; an aggregator when its API key or URL is configured."""
+    env = os.environ if env is None else env
+    quoter = env.get("KEEPER_QUOTER_V2") or deployment.quoter_v2 or OPTIMISM_QUOTER_V2
+    router = env.get("KEEPER_SWAP_ROUTER") or deployment.swap_router or OPTIMISM_SWAP_ROUTER
+    sources: list[QuoteSource] = [
+        UniswapV3(
+            rpc, config.address(quoter, "KEEPER_QUOTER_V2"), config.address(router, "KEEPER_SWAP_ROUTER")
+        )
+    ]
+    for name, kind, default_url in (
+        ("0X", ZeroEx, "https://api.0x.org"),
+        ("1INCH", OneInch, "https://api.1inch.dev"),
+    ):
+        key, url = env.get(f"KEEPER_{name}_API_KEY"), env.get(f"KEEPER_{name}_API_URL")
+        if key or url:
+            sources.append(kind(url or default_url, key, deployment.chain_id))
+    return sources
 
 
 async def follow_heads(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
 
 from keeper import gas
 from keeper.multicall import decode_revert
@@ -187,7 +188,7 @@ class TxManager:
             "type": 2,
             "chainId": self.chain_id,
             "nonce": nonce,
-            "to": request.to,
+            "to": to_checksum_address(request.to),
             "data": request.data,
             "value": 0,
             "gas": limit,

@@ -1,0 +1,338 @@
+"""Prices for selling seized collateral: DEX aggregators over HTTP, and Uniswap v3 on chain.
+
+Every source answers the same question, "what do I get for `amount` of `sell` in `buy`, and with
+which transaction", as a `Quote`. Aggregators (0x Swap API v2, 1inch v6) are called with httpx, with
+timeouts, bounded retries that honour `Retry-After`, and validation of every field used; a malformed
+answer is an error, never a guess. Uniswap v3's QuoterV2 is the on-chain fallback that needs no API.
+The best quote *net of its gas* wins; a quote older than `max_age` seconds is fetched again before use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from eth_abi.abi import decode
+from eth_utils.address import is_address, to_checksum_address
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_base
+
+from keeper.multicall import encode_call
+from keeper.rpc import Rpc, RpcError
+
+log = logging.getLogger(__name__)
+
+QUOTE_EXACT_INPUT_SINGLE = "quoteExactInputSingle((address,address,uint256,uint24,uint160))"
+EXACT_INPUT_SINGLE = "exactInputSingle((address,address,uint24,address,uint256,uint256,uint256,uint160))"
+UNISWAP_FEE_TIERS = (100, 500, 3_000, 10_000)
+# Uniswap v3 on OP Mainnet, used when neither the config nor the metadata names them
+OPTIMISM_QUOTER_V2 = "0x61fFE014bA17989E743c5F6cB21bF9697530B21e"
+OPTIMISM_SWAP_ROUTER = "0xE592427A0AEce92De3Edee1F18E0157C05861564"
+DEADLINE = 2**64 - 1
+MAX_RETRY_AFTER = 10.0
+
+
+class QuoteError(RuntimeError):
+    """A source could not quote: unreachable, rate-limited past its retries, or a malformed answer."""
+
+
+@dataclass(frozen=True)
+class Quote:
+    source: str
+    sell_token: str
+    buy_token: str
+    sell_amount: int
+    buy_amount: int  # what the source says the sale returns
+    gas: int  # gas units of the swap transaction
+    spender: str  # who must be approved for `sell_token`
+    to: str | None  # the swap transaction; None: build it with `swap_calldata`
+    data: bytes
+    fetched_at: float
+    fee_tier: int | None = None  # Uniswap v3 only
+
+    def age(self) -> float:
+        return time.monotonic() - self.fetched_at
+
+    def min_out(self, slippage_bps: int) -> int:
+        return self.buy_amount * (10_000 - slippage_bps) // 10_000
+
+
+class QuoteSource(Protocol):
+    name: str
+
+    async def quote(
+        self, sell_token: str, buy_token: str, amount: int, taker: str, slippage_bps: int
+    ) -> Quote: ...
+
+
+# --- HTTP aggregators -----------------------------------------------------------------------------
+
+
+class _RetryAfter(wait_base):
+    """Honour a 429's Retry-After (capped); otherwise a short exponential wait."""
+
+    def __call__(self, retry_state: Any) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, httpx.HTTPStatusError):
+            header = exc.response.headers.get("Retry-After")
+            if header and header.replace(".", "", 1).isdigit():
+                return min(MAX_RETRY_AFTER, float(header))
+        return float(min(2.0, 0.2 * 2 ** (retry_state.attempt_number - 1)))
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code == 429 or exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+class HttpAggregator:
+    name = "aggregator"
+
+    def __init__(
+        self, base_url: str, api_key: str | None, chain_id: int, timeout: float = 5.0, attempts: int = 3
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.chain_id = chain_id
+        self.attempts = attempts
+        self.client = httpx.AsyncClient(timeout=timeout)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _get(self, path: str, params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        try:
+            async for trial in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                stop=stop_after_attempt(self.attempts),
+                wait=_RetryAfter(),
+                reraise=True,
+            ):
+                with trial:
+                    response = await self.client.get(self.base_url + path, params=params, headers=headers)
+                    response.raise_for_status()
+                    body = response.json()
+        except httpx.HTTPStatusError as exc:
+            raise QuoteError(f"{self.name}: HTTP {exc.response.status_code}") from None
+        except httpx.TimeoutException:
+            raise QuoteError(f"{self.name}: timed out") from None
+        except httpx.TransportError as exc:
+            raise QuoteError(f"{self.name}: unreachable ({type(exc).__name__})") from None
+        except ValueError:
+            raise QuoteError(f"{self.name}: the answer is not JSON") from None
+        if not isinstance(body, dict):
+            raise QuoteError(f"{self.name}: the answer is not a JSON object")
+        return body
+
+
+class ZeroEx(HttpAggregator):
+    """0x Swap API v2, AllowanceHolder flow: one call gives the price and the transaction."""
+
+    name = "0x"
+
+    async def quote(
+        self, sell_token: str, buy_token: str, amount: int, taker: str, slippage_bps: int
+    ) -> Quote:
+        params = {
+            "chainId": self.chain_id,
+            "sellToken": sell_token,
+            "buyToken": buy_token,
+            "sellAmount": str(amount),
+            "taker": taker,
+            "slippageBps": slippage_bps,
+        }
+        headers = {"0x-version": "v2", **({"0x-api-key": self.api_key} if self.api_key else {})}
+        body = await self._get("/swap/allowance-holder/quote", params, headers)
+        if body.get("liquidityAvailable") is False:
+            raise QuoteError("0x: no liquidity for this pair")
+        tx = _mapping(body.get("transaction"), "0x", "transaction")
+        spender = (body.get("issues") or {}).get("allowance") or {}
+        return Quote(
+            source=self.name,
+            sell_token=sell_token,
+            buy_token=buy_token,
+            sell_amount=amount,
+            buy_amount=_amount(body.get("buyAmount"), "0x", "buyAmount"),
+            gas=_amount(tx.get("gas"), "0x", "transaction.gas"),
+            spender=_address(
+                spender.get("spender") if isinstance(spender, dict) else None, tx.get("to"), "0x"
+            ),
+            to=_address(tx.get("to"), None, "0x"),
+            data=_hex_bytes(tx.get("data"), "0x", "transaction.data"),
+            fetched_at=time.monotonic(),
+        )
+
+
+class OneInch(HttpAggregator):
+    """1inch Swap API v6.0: `/swap` gives the price and the transaction; its router is the spender."""
+
+    name = "1inch"
+
+    async def quote(
+        self, sell_token: str, buy_token: str, amount: int, taker: str, slippage_bps: int
+    ) -> Quote:
+        params = {
+            "src": sell_token,
+            "dst": buy_token,
+            "amount": str(amount),
+            "from": taker,
+            "slippage": slippage_bps / 100,
+            "disableEstimate": "true",
+        }
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = await self._get(f"/swap/v6.0/{self.chain_id}/swap", params, headers)
+        tx = _mapping(body.get("tx"), "1inch", "tx")
+        router = _address(tx.get("to"), None, "1inch")
+        return Quote(
+            source=self.name,
+            sell_token=sell_token,
+            buy_token=buy_token,
+            sell_amount=amount,
+            buy_amount=_amount(body.get("dstAmount"), "1inch", "dstAmount"),
+            gas=_amount(tx.get("gas"), "1inch", "tx.gas"),
+            spender=router,
+            to=router,
+            data=_hex_bytes(tx.get("data"), "1inch", "tx.data"),
+            fetched_at=time.monotonic(),
+        )
+
+
+# --- on chain -----------------------------------------------------------------------------------------
+
+
+class UniswapV3:
+    """QuoterV2 across the fee tiers; the sale goes through SwapRouter.exactInputSingle."""
+
+    name = "uniswap-v3"
+    SWAP_GAS = 200_000
+
+    def __init__(self, rpc: Rpc, quoter: str, router: str, fee_tiers: Sequence[int] = UNISWAP_FEE_TIERS):
+        self.rpc, self.quoter, self.router, self.fee_tiers = rpc, quoter, router, tuple(fee_tiers)
+
+    async def quote(
+        self, sell_token: str, buy_token: str, amount: int, taker: str, slippage_bps: int
+    ) -> Quote:
+        answers = await self.rpc.calls_at(
+            [
+                (self.quoter, encode_call(QUOTE_EXACT_INPUT_SINGLE, (sell_token, buy_token, amount, fee, 0)))
+                for fee in self.fee_tiers
+            ],
+            "latest",
+        )
+        best: tuple[int, int, int] | None = None  # (amount out, gas, fee)
+        for fee, answer in zip(self.fee_tiers, answers, strict=True):
+            if isinstance(answer, RpcError):
+                continue  # no pool at this tier
+            out, _, _, gas_estimate = decode(["uint256", "uint160", "uint32", "uint256"], answer)
+            if best is None or out > best[0]:
+                best = (int(out), int(gas_estimate), fee)
+        if best is None:
+            raise QuoteError(f"uniswap-v3: no pool for {sell_token}/{buy_token}")
+        out, gas_estimate, fee = best
+        return Quote(
+            source=self.name,
+            sell_token=sell_token,
+            buy_token=buy_token,
+            sell_amount=amount,
+            buy_amount=out,
+            gas=gas_estimate + self.SWAP_GAS // 2,
+            spender=self.router,
+            to=self.router,
+            data=b"",
+            fetched_at=time.monotonic(),
+            fee_tier=fee,
+        )
+
+    def swap_calldata(self, quote: Quote, recipient: str, slippage_bps: int) -> bytes:
+        assert quote.fee_tier is not None
+        params = (
+            quote.sell_token,
+            quote.buy_token,
+            quote.fee_tier,
+            recipient,
+            DEADLINE,
+            quote.sell_amount,
+            quote.min_out(slippage_bps),
+            0,
+        )
+        return encode_call(EXACT_INPUT_SINGLE, params)
+
+
+# --- choosing -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Choice:
+    best: Quote | None
+    quotes: tuple[Quote, ...]
+    errors: tuple[str, ...]
+
+
+async def best_quote(
+    sources: Sequence[QuoteSource],
+    sell_token: str,
+    buy_token: str,
+    amount: int,
+    taker: str,
+    slippage_bps: int,
+    gas_cost_in_buy_token: int,
+) -> Choice:
+    """Ask every source at once; the highest `buy_amount - gas x gas_cost_in_buy_token` wins.
+
+    `gas_cost_in_buy_token` is what one unit of gas costs in the bought token's smallest units.
+    """
+    results = await asyncio.gather(
+        *(s.quote(sell_token, buy_token, amount, taker, slippage_bps) for s in sources),
+        return_exceptions=True,
+    )
+    quotes, errors = [], []
+    for source, result in zip(sources, results, strict=True):
+        if isinstance(result, Quote):
+            quotes.append(result)
+        elif isinstance(result, QuoteError | RpcError):
+            errors.append(str(result))
+        elif isinstance(result, BaseException):
+            errors.append(f"{source.name}: {type(result).__name__}: {result}")
+    best = max(quotes, key=lambda q: q.buy_amount - q.gas * gas_cost_in_buy_token, default=None)
+    for error in errors:
+        log.warning("quote source failed: %s", error)
+    return Choice(best, tuple(quotes), tuple(errors))
+
+
+# --- validation ------------------------------------------------------------------------------------------
+
+
+def _mapping(value: Any, source: str, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise QuoteError(f"{source}: missing or malformed `{field}`")
+    return value
+
+
+def _amount(value: Any, source: str, field: str) -> int:
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise QuoteError(f"{source}: `{field}` is not a whole number: {value!r}")
+
+
+def _address(value: Any, fallback: Any, source: str) -> str:
+    for candidate in (value, fallback):
+        if isinstance(candidate, str) and is_address(candidate):
+            return str(to_checksum_address(candidate))
+    raise QuoteError(f"{source}: no valid address for the spender / router")
+
+
+def _hex_bytes(value: Any, source: str, field: str) -> bytes:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return bytes.fromhex(value[2:])
+        except ValueError:
+            pass
+    raise QuoteError(f"{source}: `{field}` is not hex calldata")

@@ -1,0 +1,175 @@
+"""Collateral liquidation on the real Vault, sold through a fake aggregator whose swaps are real."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from devnet import up
+from devnet.chain import DevChain
+from devnet.fake_aggregator import FakeAggregators
+from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
+from keeper import cli, quotes
+from keeper.audit import AuditLog
+from keeper.engine import Engine
+from keeper.profit import X18
+from keeper.quotes import OneInch, QuoteSource, UniswapV3, ZeroEx
+from keeper.scan import Session, open_session
+from keeper.tx import TxManager
+from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+
+WETH_ACCOUNTS = ("weth-leveraged", "weth-debt-threshold", "weth-debt-ratio")
+
+
+@pytest.fixture
+def fake(devnet: up.Devnet) -> Iterator[FakeAggregators]:
+    d = devnet.deployment
+    with FakeAggregators(devnet.url, d["QuoterV2"].address, d["SwapRouter"].address) as server:
+        yield server
+
+
+@pytest.fixture
+async def session(devnet: up.Devnet, chain: DevChain, tmp_path: Path) -> AsyncIterator[Session]:
+    opened = await open_session(devnet.url, devnet.metadata_path, tmp_path / "c.sqlite")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def sources(
+    session: Session, fake: FakeAggregators, chain_id: int, timeout: float = 5.0
+) -> list[QuoteSource]:
+    d = session.deployment
+    assert d.quoter_v2 is not None
+    assert d.swap_router is not None
+    return [
+        ZeroEx(fake.url, "test-key", chain_id, timeout=timeout),
+        OneInch(fake.url, "test-key", chain_id, timeout=timeout),
+        UniswapV3(session.rpc, d.quoter_v2, d.swap_router),
+    ]
+
+
+def vault_liquidatable(devnet: up.Devnet, label: str) -> bool:
+    who = devnet.scenario.traders[label].address
+    return bool(devnet.deployment["Vault"].functions.isLiquidatable(who).call())
+
+
+def wallet(devnet: up.Devnet, token: str) -> int:
+    return int(devnet.deployment[token].functions.balanceOf(KEEPER_ADDRESS).call())
+
+
+def test_run_once_liquidates_positions_then_collateral_and_sells_it_for_more_usdc(
+    devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "KEEPER_PRIVATE_KEY": KEEPER_KEY,
+        "KEEPER_0X_API_URL": fake.url,
+        "KEEPER_0X_API_KEY": "test-key",
+        "KEEPER_1INCH_API_URL": fake.url,
+        "KEEPER_1INCH_API_KEY": "test-key",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert all(vault_liquidatable(devnet, label) for label in WETH_ACCOUNTS)
+    usdc_before, weth_before = wallet(devnet, "USDC"), wallet(devnet, "WETH9")
+    audit = tmp_path / "audit.jsonl"
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli.main(
+            ["run", "--once", "--rpc-url", devnet.url, "--metadata", str(devnet.metadata_path),
+             "--state-db", str(tmp_path / "s.sqlite"), "--audit-log", str(audit)]
+        )  # fmt: skip
+    assert code == 0, out.getvalue()
+    assert not any(vault_liquidatable(devnet, label) for label in WETH_ACCOUNTS), out.getvalue()
+    assert wallet(devnet, "WETH9") == weth_before  # every seized WETH was sold
+    assert wallet(devnet, "USDC") > usdc_before
+    assert fake.requests["0x"] > 0
+    assert fake.requests["1inch"] > 0
+    # weth-leveraged: its position first, then its collateral
+    who = devnet.scenario.traders["weth-leveraged"].address
+    steps = [
+        (r["kind"], r["step"])
+        for r in map(json.loads, audit.read_text().splitlines())
+        if r["event"] == "transaction" and r["account"] == who and r["status"] == "mined"
+    ]
+    assert steps.index(("taker", "liquidate")) < steps.index(("collateral", "liquidateCollateral"))
+    assert any(kind == "collateral" and step.startswith("sell via") for kind, step in steps)
+
+
+async def test_aggregator_failures_fall_back_to_the_others_and_uniswap(
+    devnet: up.Devnet, fake: FakeAggregators, session: Session
+) -> None:
+    d = session.deployment
+    assert d.weth9 is not None
+    fake.modes.update({"0x": "429", "1inch": "malformed"})
+    all_sources = sources(session, fake, d.chain_id)
+    choice = await quotes.best_quote(all_sources, d.weth9, d.usdc, X18, KEEPER_ADDRESS, 100, 0)
+    assert choice.best is not None
+    assert choice.best.source == "uniswap-v3"
+    assert any("0x: HTTP 429" in e for e in choice.errors)
+    assert any(e.startswith("1inch: ") for e in choice.errors)  # the malformed answer, named
+    assert fake.requests["0x"] == 3  # retried (Retry-After: 0), then given up
+
+    fake.modes.update({"0x": "timeout", "1inch": "ok"})
+    choice = await quotes.best_quote(
+        sources(session, fake, d.chain_id, timeout=0.5), d.weth9, d.usdc, X18, KEEPER_ADDRESS, 100, 0
+    )
+    assert choice.best is not None
+    assert choice.best.source in ("1inch", "uniswap-v3")
+    assert any("0x: timed out" in e for e in choice.errors)
+
+
+async def test_every_quote_below_the_repaid_usdc_is_skipped_with_a_reason(
+    devnet: up.Devnet, fake: FakeAggregators, session: Session
+) -> None:
+    fake.modes["0x"] = "low"
+    strategy = PerpV2Collateral(
+        session.deployment,
+        session.scanner,
+        session.rpc,
+        session.read,
+        [ZeroEx(fake.url, "k", session.deployment.chain_id)],
+        CollateralSettings(),
+    )
+    await strategy.refresh()
+    op = next(
+        o
+        for o in strategy.opportunities()
+        if o.account == devnet.scenario.traders["weth-debt-threshold"].address
+    )
+    plan = await strategy.plan(op, KEEPER_ADDRESS)
+    assert not plan.execute
+    assert "every quote is below the repaid USDC" in plan.reason
+
+
+async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collateral(
+    devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, session: Session, tmp_path: Path
+) -> None:
+    fake.modes["0x"] = "inflate"  # quotes 1.5x what the pool gives: minOut cannot be met
+    strategy = PerpV2Collateral(
+        session.deployment,
+        session.scanner,
+        session.rpc,
+        session.read,
+        [ZeroEx(fake.url, "k", session.deployment.chain_id)],
+        CollateralSettings(),
+    )
+    tx = TxManager(session.rpc, Account.from_key(KEEPER_KEY), session.deployment.chain_id)
+    engine = Engine([strategy], session.rpc, KEEPER_ADDRESS, AuditLog(tmp_path / "a.jsonl"), tx)
+    weth_before = wallet(devnet, "WETH9")
+    await strategy.refresh()
+    target = devnet.scenario.traders["weth-debt-threshold"].address
+    op = next(o for o in strategy.opportunities() if o.account == target)
+    result = await engine._carry_out(strategy, await strategy.plan(op, KEEPER_ADDRESS))
+    assert result.status == "executed"  # the liquidation itself
+    assert "simulation-failed" in result.reason
+    assert "Too little received" in result.reason
+    assert wallet(devnet, "WETH9") > weth_before  # the seized WETH is kept, not sold at a loss
+    assert chain.w3.eth.get_transaction_count(Web3.to_checksum_address(KEEPER_ADDRESS)) > 0
