@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from eth_account import Account
@@ -20,8 +21,8 @@ from eth_utils.crypto import keccak
 from web3.contract import Contract
 
 from devnet import units
-from devnet.chain import DevChain
-from devnet.deploy import PERP_TICK_SPACING, PRICE_FEED_DECIMALS, UINT256_MAX, Deployment
+from devnet.chain import DEPLOYER, DevChain
+from devnet.deploy import PERP_TICK_SPACING, PRICE_FEED_DECIMALS, SPOT_POOL_FEE, UINT256_MAX, Deployment
 
 DEADLINE = 2**64
 Expect = tuple[str, ...]
@@ -129,6 +130,30 @@ class ScenarioBuilder:
     def set_collateral_price(self, price: str) -> None:
         assert self.deployment.weth_price_feed is not None
         self._set_feed(self.deployment.weth_price_feed, price)
+
+    def move_spot_price(self, price: str) -> None:
+        """Trade the USDC/WETH Uniswap pool to `price` (USDC per WETH), as arbitrageurs would after
+        the collateral's index moved, so selling seized WETH meets a market, not a stale pool."""
+        d = self.deployment
+        pool, usdc, weth, router = d.spot_pool, d["USDC"], d["WETH9"], d["SwapRouter"]
+        assert pool is not None
+        usdc_is_token0 = int(usdc.address, 16) < int(weth.address, 16)
+        if usdc_is_token0:
+            target = units.sqrt_price_x96(1 / Fraction(Decimal(price)), 6, 18)
+        else:
+            target = units.sqrt_price_x96(price, 18, 6)
+        current = int(pool.functions.slot0().call()[0])
+        selling_weth = (target > current) if usdc_is_token0 else (target < current)
+        sell, buy = (weth, usdc) if selling_weth else (usdc, weth)
+        amount = units.ether(100_000) if selling_weth else units.usdc(10**9)
+        if selling_weth:
+            self.chain.set_balance(DEPLOYER, amount + units.ether(1_000))
+            self.chain.send(weth.functions.deposit(), value=amount)
+        else:
+            self.chain.send(usdc.functions.mint(DEPLOYER, amount))
+        self.chain.send(sell.functions.approve(router.address, UINT256_MAX))
+        params = (sell.address, buy.address, SPOT_POOL_FEE, DEPLOYER, DEADLINE, amount, 0, target)
+        self.chain.send(router.functions.exactInputSingle(params))
 
     def _set_feed(self, feed: Contract, price: str) -> None:
         self.chain.send(feed.functions.setPrice(units.to_units(price, PRICE_FEED_DECIMALS)))
@@ -279,6 +304,7 @@ def scenario_all_kinds(b: ScenarioBuilder) -> None:
     b.close_position(weth_ratio, "vBTC")
     b.move_market("vETH", "1513", mover)
     b.set_collateral_price("1513")
+    b.move_spot_price("1513")
     b.settle_twaps()
     _refill_books(b)
 
