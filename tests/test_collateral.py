@@ -173,3 +173,28 @@ async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collater
     assert "Too little received" in result.reason
     assert wallet(devnet, "WETH9") > weth_before  # the seized WETH is kept, not sold at a loss
     assert chain.w3.eth.get_transaction_count(Web3.to_checksum_address(KEEPER_ADDRESS)) > 0
+
+
+async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vault_itself(
+    devnet: up.Devnet, chain: DevChain, session: Session
+) -> None:
+    d = devnet.deployment
+    keeper = Web3.to_checksum_address(KEEPER_ADDRESS)
+    chain.send(d["USDC"].functions.approve(d["Vault"].address, 0), keeper)
+    chain.send(d["USDC"].functions.transfer(d["Vault"].address, wallet(devnet, "USDC") - 50 * 10**6), keeper)
+    strategy = PerpV2Collateral(
+        session.deployment, session.scanner, session.rpc, session.read, [], CollateralSettings()
+    )
+    assert session.deployment.quoter_v2 is not None
+    assert session.deployment.swap_router is not None
+    strategy.sources = [UniswapV3(session.rpc, session.deployment.quoter_v2, session.deployment.swap_router)]
+    await strategy.refresh()
+    op = next(
+        o
+        for o in strategy.opportunities()
+        if o.account == devnet.scenario.traders["weth-debt-threshold"].address
+    )
+    plan = await strategy.plan(op, KEEPER_ADDRESS)
+    assert plan.inputs["wallet_short"] is True
+    assert plan.inputs["repay_usdc"] == 50 * 10**6
+    assert [s.label for s in plan.steps] == ["approve USDC for the Vault", "liquidateCollateral"]

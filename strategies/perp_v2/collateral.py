@@ -5,7 +5,8 @@ Plan: [approve the Vault for USDC] + liquidateCollateral(trader, token, amount, 
 the Vault's maximum less 0.01 % (the maximum shrinks every second with funding: the exact maximum
 reverts V_MSAE once the transaction lands a block later). Priced with the sale of what it receives,
 at the best quote net of gas, minus the USDC repaid and every transaction's gas. After it runs,
-`follow_up` sells the seized collateral (re-quoted, `minOut` = quote less the slippage bound) or keeps
+`follow_up` sells the seized collateral (quoted afresh at that moment, never with the quote that priced
+the liquidation; `minOut` = quote less the slippage bound) or keeps
 it, with a warning, when no quote covers what was repaid; then plans the next round while the account
 stays liquidatable.
 """
@@ -51,7 +52,6 @@ class CollateralSettings:
     max_keeper_fee: int | None = None
     slippage_bps: int = 100
     max_fee_gwei: int | None = None
-    max_quote_age: float = 5.0
 
 
 class PerpV2Collateral:
