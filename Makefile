@@ -26,9 +26,10 @@ $(VENV)/.installed: requirements-dev.lock pyproject.toml
 toolchain: tools $(VENV)/.installed
 	$(BIN)/python -m devnet.toolchain
 
-# The embedded default: the real Perp v2 contracts on a local devnet with every kind of account.
+# The embedded default: the real Perp v2 contracts on a local devnet with every kind of account,
+# liquidated by the keeper. `perp-keeper demo --dry-run` is the auditors' variant.
 demo: setup
-	$(BIN)/perp-keeper devnet up --scenario all-kinds --once
+	$(BIN)/perp-keeper demo
 
 # The same devnet, left running for a keeper (or you) to use; Ctrl-C stops it.
 devnet: setup

@@ -43,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-out", type=Path, help="also write an anvil state dump (for anvil --load-state)")
     up.add_argument("--once", action="store_true", help="print the report and exit instead of serving")
 
+    demo = commands.add_parser(
+        "demo",
+        help="the embedded demo: a devnet with every kind of account, liquidated by the keeper",
+        description="Start a local devnet with the real Perp v2 contracts and a scenario, show who is "
+        "liquidatable, run the keeper once (live with the devnet's keeper account, or --dry-run), and show "
+        "what it did and what is left.",
+    )
+    demo.add_argument("--scenario", default="all-kinds", help="all-kinds (default) or empty")
+    demo.add_argument("--dry-run", action="store_true", help="simulate and audit only; nothing is sent")
+    demo.add_argument(
+        "--out-dir", type=Path, default=Path("state/demo"), help="metadata, state db, audit log"
+    )
+
     scan = commands.add_parser(
         "scan",
         help="read every account at one block and list what is liquidatable",
@@ -145,6 +158,12 @@ def _scan(args: argparse.Namespace) -> int:
     return _guarded(run)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from devnet import demo
+
+    return _guarded(lambda: demo.main(args.scenario, args.out_dir, dry_run=args.dry_run))
+
+
 def _run(args: argparse.Namespace) -> int:
     from keeper import run
 
@@ -172,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "demo":
+        return _demo(args)
     if args.command == "devnet" and args.devnet_command == "up":
         return _devnet_up(args)
     if args.command == "scan":

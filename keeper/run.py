@@ -101,7 +101,10 @@ async def main(args: Any) -> int:
         print(f"perp-keeper {mode}: liquidator {liquidator}", file=sys.stderr)
         if args.once:
             results = await engine.run_once()
-            write_summary(results, sys.stdout)
+            d = session.deployment
+            symbols = {m.base_token.lower(): m.base_symbol for m in d.markets}
+            symbols.update({c.address.lower(): c.symbol for c in d.collaterals})
+            write_summary(results, sys.stdout, symbols)
         else:
             ws_url = args.ws_url or os.environ.get("KEEPER_WS_URL") or None
             vault = session.deployment.vault
@@ -162,14 +165,14 @@ async def check_funds(rpc: Rpc, vault: str, keeper: str) -> None:
         log.warning("keeper %s has %.2f USDC free collateral in the Vault", keeper, free / 10**6)
 
 
-def write_summary(results: Sequence[Result], out: TextIO) -> None:
+def write_summary(results: Sequence[Result], out: TextIO, symbols: Mapping[str, str] | None = None) -> None:
     print(
         f"{'account':<42} {'kind':<10} {'market':<12} {'size':>14} {'reward':>14} {'gas (ETH)':>12} "
         f"{'est. profit':>14}  status",
         file=out,
     )
     for r in results:
-        market = (r.market or "")[:10]
+        market = (symbols or {}).get((r.market or "").lower(), (r.market or "")[:10])
         size = f"{r.size / 10**18:,.4f}"
         print(
             f"{r.account:<42} {r.kind:<10} {market:<12} {size:>14} {usd_text(r.reward):>14} "

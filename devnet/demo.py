@@ -1,0 +1,69 @@
+"""`perp-keeper demo`: the README's first command. A devnet, a scenario, the keeper, a before/after."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from devnet import up
+from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
+from keeper import run
+from keeper.scan import open_session, write_table
+
+
+async def main(scenario: str, out_dir: Path, dry_run: bool = False) -> int:
+    net = await asyncio.to_thread(up.start, scenario, 0, out_dir)
+    try:
+        print(f"devnet: {net.url} (metadata {net.metadata_path})\n\nBefore:")
+        await _report(net, out_dir)
+        if not dry_run:
+            # the devnet keeper is anvil's dev account #1, whose key is public: fine here, nowhere else
+            os.environ["KEEPER_PRIVATE_KEY"] = KEEPER_KEY
+        audit = out_dir / "audit.jsonl"
+        audit.unlink(missing_ok=True)
+        print(f"\nperp-keeper run --once{' --dry-run' if dry_run else ''} (audit trail: {audit}):")
+        args = SimpleNamespace(
+            once=True,
+            dry_run=dry_run,
+            audit_log=audit,
+            from_address=KEEPER_ADDRESS if dry_run else None,
+            rpc_url=net.url,
+            ws_url=None,
+            metadata=net.metadata_path,
+            state_db=_fresh(out_dir / "keeper.sqlite"),
+        )
+        await run.main(args)
+        print("\nAfter:")
+        left = await _report(net, out_dir)
+        print(
+            "\nnothing is liquidatable."
+            if not left
+            else f"\n{left} liquidation(s) left (a dry-run sends nothing)."
+        )
+    finally:
+        net.stop()
+    return 0
+
+
+async def _report(net: up.Devnet, out_dir: Path) -> int:
+    session = await open_session(net.url, net.metadata_path, _fresh(out_dir / "scan.sqlite"))
+    try:
+        await session.scanner.full_scan()
+        snapshot, params = session.scanner.snapshot, session.scanner.params
+        assert snapshot is not None
+        assert params is not None
+        found = session.scanner.opportunities()
+        symbols = {m.base_token.lower(): m.base_symbol for m in session.deployment.markets}
+        write_table(snapshot, params, found, symbols, sys.stdout)
+        return sum(1 for op in found if op.liquidatable)
+    finally:
+        await session.close()
+
+
+def _fresh(path: Path) -> Path:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
