@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-dir", type=Path, default=Path("state/demo"), help="metadata, state db, audit log"
     )
 
+    check = commands.add_parser(
+        "check",
+        help="check the RPC, the deployment and the keeper's funds: a pass/fail table",
+        description="Connectivity and chain id, code at every metadata address, the price oracle, and "
+        "the keeper's ETH, wallet USDC, Vault allowance and free collateral. Exit 0 only when all pass.",
+    )
+    check.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
+    check.add_argument(
+        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
+    )
+    check.add_argument(
+        "--from", dest="from_address", default=None, help="check this keeper address (default: the key's)"
+    )
+
     scan = commands.add_parser(
         "scan",
         help="read every account at one block and list what is liquidatable",
@@ -164,6 +178,20 @@ def _demo(args: argparse.Namespace) -> int:
     return _guarded(lambda: demo.main(args.scenario, args.out_dir, dry_run=args.dry_run))
 
 
+def _check(args: argparse.Namespace) -> int:
+    from keeper import check, config
+    from keeper.scan import connection_settings
+
+    async def run() -> int:
+        args.state_db = None
+        rpc_url, metadata, _ = connection_settings(args)
+        signer = config.signer()
+        keeper = config.address(args.from_address, "--from") if args.from_address else None
+        return await check.main(rpc_url, metadata, keeper or (signer.address if signer else None))
+
+    return _guarded(run)
+
+
 def _run(args: argparse.Namespace) -> int:
     from keeper import run
 
@@ -189,10 +217,19 @@ def _guarded(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "devnet":
+        from keeper.config import SettingError, load_dotenv
+
+        try:
+            load_dotenv()
+        except SettingError as exc:
+            return _fail(str(exc), EXIT_USAGE)
     if args.command == "run":
         return _run(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "check":
+        return _check(args)
     if args.command == "devnet" and args.devnet_command == "up":
         return _devnet_up(args)
     if args.command == "scan":

@@ -33,6 +33,30 @@ class RunSettings:
     dry_run: bool
 
 
+def load_dotenv(path: Path = Path(".env"), env: dict[str, str] | None = None) -> int:
+    """KEY=VALUE lines of `path` into the environment, never over a variable already set (the
+    environment wins over .env, flags win over both). Returns how many were taken."""
+    target = os.environ if env is None else env
+    if not path.is_file():
+        return 0
+    taken = 0
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.removeprefix("export ").partition("=")
+        name = name.strip()
+        if not sep or not name.replace("_", "").isalnum():
+            raise SettingError(f"{path}: line {number} is not NAME=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if name not in target:
+            target[name] = value
+            taken += 1
+    return taken
+
+
 def usd(env: Mapping[str, str], name: str, default: str | None) -> int | None:
     text = env.get(name, default)
     if text is None or text == "":
