@@ -32,6 +32,7 @@ async def main(scenario: str, out_dir: Path, dry_run: bool = False) -> int:
             from_address=KEEPER_ADDRESS if dry_run else None,
             rpc_url=net.url,
             ws_url=None,
+            metrics_port=0,
             metadata=net.metadata_path,
             state_db=_fresh(out_dir / "keeper.sqlite"),
         )

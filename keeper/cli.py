@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
     run.add_argument("--ws-url", default=None, help="WebSocket endpoint for new heads (env KEEPER_WS_URL)")
     run.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="/metrics and /health port, 0 = off (env KEEPER_METRICS_PORT)",
+    )
+    run.add_argument(
         "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
     )
     run.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")

@@ -31,6 +31,11 @@ class RunSettings:
     inherited: str
     slippage_bps: int
     dry_run: bool
+    metrics_port: int = 9464
+    block_interval: float = 2.0
+    stale_head_seconds: int = 120
+    log_format: str = "auto"
+    log_level: str = "INFO"
 
 
 def load_dotenv(path: Path = Path(".env"), env: dict[str, str] | None = None) -> int:
@@ -85,6 +90,14 @@ def integer(
     return value
 
 
+def choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    text = env.get(name, default).strip()
+    match = next((a for a in allowed if a.lower() == text.lower()), None)
+    if match is None:
+        raise SettingError(f"{name}: expected one of {', '.join(allowed)}, got {text!r}")
+    return match
+
+
 def flag(env: Mapping[str, str], name: str) -> bool:
     text = env.get(name, "").strip().lower()
     if text in ("", "0", "false", "no", "off"):
@@ -108,6 +121,11 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
         inherited=inherited,
         slippage_bps=integer(env, "KEEPER_SLIPPAGE_BPS", 100, low=1, high=5_000) or 100,
         dry_run=dry_run_flag or flag(env, "KEEPER_DRY_RUN"),
+        metrics_port=integer(env, "KEEPER_METRICS_PORT", 9464, low=0, high=65535) or 0,
+        block_interval=(integer(env, "KEEPER_BLOCK_INTERVAL_MS", 2000, low=100, high=600_000) or 2000) / 1000,
+        stale_head_seconds=integer(env, "KEEPER_STALE_HEAD_SECONDS", 120, low=0, high=86_400) or 0,
+        log_format=choice(env, "KEEPER_LOG_FORMAT", "auto", ("auto", "json", "text")),
+        log_level=choice(env, "KEEPER_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
     )
 
 

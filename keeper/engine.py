@@ -9,11 +9,13 @@ with `eth_call` and every decision lands in the audit trail with its inputs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from keeper.audit import AuditLog
+from keeper.metrics import Metrics
 from keeper.rpc import BlockHeader, Rpc, RpcError
 from keeper.tx import TxManager, TxOutcome, TxRequest, revert_reason
 from strategies.base import Opportunity, Plan, Strategy
@@ -45,9 +47,10 @@ class Engine:
         liquidator: str,
         audit: AuditLog,
         tx: TxManager | None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
-        self.audit, self.tx = audit, tx
+        self.audit, self.tx, self.metrics = audit, tx, metrics
         self.ticks = 0
 
     @property
@@ -57,9 +60,16 @@ class Engine:
     async def tick(self, head: BlockHeader | None = None) -> list[Result]:
         results: list[Result] = []
         self.ticks += 1
+        if self.metrics is not None and head is not None:
+            self.metrics.ticked(head.timestamp)  # a tick under way is alive; a stuck one ages out
         for strategy in self.strategies:
+            started = time.monotonic()
             await strategy.refresh(head)
-            for opportunity in strategy.opportunities():
+            opportunities = strategy.opportunities()
+            if self.metrics is not None:
+                self.metrics.scan_seconds.observe(time.monotonic() - started)
+                self.metrics.liquidatable.set(sum(1 for o in opportunities if o.liquidatable))
+            for opportunity in opportunities:
                 if not opportunity.liquidatable:
                     continue  # makers whose orders may be cancelled but who are not liquidatable yet
                 plan = await strategy.plan(opportunity, self.liquidator)
@@ -101,6 +111,8 @@ class Engine:
                 if plan.inputs.get("stage") == "liquidate":
                     result.size += abs(int(plan.inputs.get("liquidatable_size", 0)))
                     result.reward += int(plan.inputs.get("reward_capped", 0))
+                    if self.metrics is not None:
+                        self.metrics.realised.inc(int(plan.inputs.get("reward_capped", 0)) / 10**18)
             else:
                 failed = next(o for o in outcomes if not o.ok)
                 if result.status != "executed":
@@ -124,6 +136,9 @@ class Engine:
             )
             outcome = await tx.send(request)
             outcomes.append(outcome)
+            if self.metrics is not None and outcome.status != "skipped":
+                self.metrics.transactions.labels(outcome.status).inc()
+                self.metrics.replaced.inc(outcome.replacements)
             self.audit.record(
                 event="transaction",
                 account=plan.opportunity.account,
@@ -144,6 +159,13 @@ class Engine:
                 step.label,
                 outcome.status,
                 outcome.reason,
+                extra={
+                    "account": plan.opportunity.account,
+                    "kind": plan.opportunity.kind,
+                    "step": step.label,
+                    "tx": outcome.tx_hash,
+                    "status": outcome.status,
+                },
             )
             if not outcome.ok:
                 break

@@ -9,7 +9,7 @@ the JSON-RPC codes providers use for rate limits, never on a genuine error answe
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -80,6 +80,8 @@ class Rpc:
         self.w3 = AsyncWeb3(self.provider)
         self.http_requests = 0
         self.calls: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # by kind: transport, rate-limit, http-5xx, answer
+        self.on_error: Callable[[str], None] | None = None
 
     async def close(self) -> None:
         await self.provider.disconnect()
@@ -144,7 +146,11 @@ class Rpc:
         try:
             async for trial in retrying:
                 with trial:
-                    return await attempt()
+                    try:
+                        return await attempt()
+                    except Exception as exc:
+                        self._count_error(exc)
+                        raise
         except RpcError:
             raise
         except TRANSPORT_ERRORS as exc:
@@ -152,6 +158,17 @@ class Rpc:
                 f"{method}: RPC {redact(self.url)} unreachable: {_describe(exc)}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count_error(self, exc: BaseException) -> None:
+        if isinstance(exc, RpcError):
+            kind = "rate-limit" if exc.code in RATE_LIMIT_CODES else "answer"
+        elif isinstance(exc, aiohttp.ClientResponseError):
+            kind = "rate-limit" if exc.status == 429 else f"http-{exc.status // 100}xx"
+        else:
+            kind = "transport"
+        self.errors[kind] += 1
+        if self.on_error is not None:
+            self.on_error(kind)
 
     # --- the reads a keeper needs ---------------------------------------------------------------
     async def chain_id(self) -> int:

@@ -17,6 +17,7 @@ from keeper.audit import AuditLog
 from keeper.engine import Engine, Result
 from keeper.loop import HeadLoop
 from keeper.metadata import Deployment
+from keeper.metrics import Metrics, configure_logging
 from keeper.multicall import encode_call
 from keeper.profit import usd_text
 from keeper.quotes import (
@@ -42,6 +43,7 @@ LOW_FREE_COLLATERAL_USDC = 1_000 * 10**6
 
 async def main(args: Any) -> int:
     settings = config.run_settings(dry_run_flag=args.dry_run)
+    configure_logging(settings.log_format, settings.log_level)
     rpc_url, metadata, state_db = connection_settings(args)
     signer = None if settings.dry_run else config.signer()
     if not settings.dry_run and signer is None:
@@ -96,7 +98,11 @@ async def main(args: Any) -> int:
                 session.rpc, signer, session.deployment.chain_id, max_fee_gwei=settings.max_fee_gwei
             )
         )
-        engine = Engine([positions, collateral], session.rpc, liquidator, audit, tx)
+        metrics = Metrics(
+            block_interval=settings.block_interval, stale_head_seconds=settings.stale_head_seconds
+        )
+        session.rpc.on_error = lambda kind: metrics.rpc_errors.labels(kind).inc()
+        engine = Engine([positions, collateral], session.rpc, liquidator, audit, tx, metrics)
         mode = "dry-run" if tx is None else "live"
         print(f"perp-keeper {mode}: liquidator {liquidator}", file=sys.stderr)
         if args.once:
@@ -108,9 +114,20 @@ async def main(args: Any) -> int:
         else:
             ws_url = args.ws_url or os.environ.get("KEEPER_WS_URL") or None
             vault = session.deployment.vault
-            await follow_heads(
-                engine, session.rpc, ws_url, lambda: check_funds(session.rpc, vault, liquidator)
-            )
+            port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+            server = await metrics.serve(port) if port else None
+            if server is not None:
+                log.info("metrics on :%d/metrics, health on :%d/health", port, port)
+
+            async def side_jobs() -> None:
+                metrics.accounts.set(len(session.scanner.indexer.known))
+                await check_funds(session.rpc, vault, liquidator)
+
+            try:
+                await follow_heads(engine, session.rpc, ws_url, side_jobs)
+            finally:
+                if server is not None:
+                    server.close()
     finally:
         audit.close()
         for source in sources:
@@ -150,7 +167,7 @@ async def follow_heads(
     events = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         events.add_signal_handler(sig, loop.stop.set)
-    loop.every(60, funds, "keeper-funds")
+    loop.every(30, funds, "keeper-funds-and-gauges")
     await loop.run()
 
 

@@ -7,12 +7,14 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import httpx
 import pytest
 from web3 import Web3
 from web3.exceptions import ContractLogicError
@@ -198,9 +200,12 @@ def test_run_bad_settings_are_one_line_exit_2_and_never_show_the_key(
     assert KEEPER_KEY.removeprefix("0x") not in err
 
 
-def test_run_follows_heads_liquidates_and_stops_cleanly_on_sigterm(
+def test_run_follows_heads_liquidates_serves_metrics_and_stops_cleanly_on_sigterm(
     devnet: up.Devnet, chain: DevChain, tmp_path: Path
 ) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {
         **os.environ,
         "KEEPER_PRIVATE_KEY": KEEPER_KEY,
@@ -209,26 +214,37 @@ def test_run_follows_heads_liquidates_and_stops_cleanly_on_sigterm(
         "KEEPER_WS_URL": devnet.url.replace("http://", "ws://"),
         "KEEPER_METADATA": str(devnet.metadata_path),
         "KEEPER_STATE_DB": str(tmp_path / "loop.sqlite"),
+        "KEEPER_METRICS_PORT": str(port),
+        "KEEPER_BLOCK_INTERVAL_MS": "60000",  # the devnet only mines when the keeper sends
+        "KEEPER_STALE_HEAD_SECONDS": "0",  # and its clock is 2023's
     }
-    keeper = subprocess.Popen(
-        [sys.executable, "-m", "keeper.cli", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline, settled = time.monotonic() + 120, False
-        while not settled and time.monotonic() < deadline:
-            # a view may revert on a state mid-liquidation (seen: SafeMath in getAccountValue)
-            with contextlib.suppress(ContractLogicError):
-                settled = not liquidatable(devnet)
-            time.sleep(0.5)
-        assert settled
-        keeper.send_signal(signal.SIGTERM)
-        _, err = keeper.communicate(timeout=30)
-    finally:
-        if keeper.poll() is None:
-            keeper.kill()
+    log_file = tmp_path / "keeper.log"
+    with log_file.open("w") as log:
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "keeper.cli", "run"], env=env, stdout=subprocess.DEVNULL, stderr=log
+        )
+        try:
+            deadline, settled = time.monotonic() + 120, False
+            while not settled and time.monotonic() < deadline:
+                # a view may revert on a state mid-liquidation (seen: SafeMath in getAccountValue)
+                with contextlib.suppress(ContractLogicError):
+                    settled = not liquidatable(devnet)
+                time.sleep(0.5)
+            assert settled
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            assert 'perp_keeper_transactions_total{status="mined"}' in metrics
+            assert "perp_keeper_scan_seconds_count" in metrics
+            health = httpx.get(f"http://127.0.0.1:{port}/health")
+            assert health.status_code == 200, health.text
+            assert health.json()["ok"] is True
+            keeper.send_signal(signal.SIGTERM)
+            keeper.wait(timeout=30)
+        finally:
+            if keeper.poll() is None:
+                keeper.kill()
+    err = log_file.read_text()
     assert keeper.returncode == 0, err[-2000:]
     assert "Traceback" not in err
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert records  # JSON logs when stderr is not a terminal
+    assert any("account" in r for r in records)  # with the account as context

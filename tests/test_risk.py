@@ -126,3 +126,15 @@ def test_collateral_debt_threshold_bounds_the_tolerance() -> None:
     # (c): room 100 - drift (1 + 10 bps of 70,000 = 71) = 29 over 5/4 x 10,000 of ETH exposure
     assert tol.relative_move == 29 * X18 * X18 * 4 // (5 * 10_000 * X18)
     assert (WETH, 2_000 * 10**8) in tol.prices
+
+
+def test_health_is_503_worthy_without_a_recent_tick_or_with_a_stale_head() -> None:
+    from keeper.metrics import Metrics
+
+    metrics = Metrics(block_interval=2.0, stale_head_seconds=120)
+    assert metrics.health(now=1_000.0)[0] is False  # never ticked
+    metrics.last_tick_at, metrics.last_head_timestamp = 1_000.0, 999
+    assert metrics.health(now=1_005.0)[0] is True
+    assert metrics.health(now=1_007.0)[1]["problems"] == ["no recent tick"]  # > 3 block intervals
+    metrics.last_head_timestamp = 800
+    assert metrics.health(now=1_001.0)[1]["problems"] == ["head is stale"]

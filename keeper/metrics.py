@@ -1,0 +1,132 @@
+"""What an operator watches: Prometheus `/metrics`, a `/health` for the container, and the logs' shape.
+
+`/health` is 503 when the last tick is older than 3 block intervals or the newest head is stale (its
+timestamp too far behind the wall clock): either the RPC stopped moving or the keeper stopped
+ticking, and a supervisor should restart or page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metrics:
+    block_interval: float = 2.0
+    stale_head_seconds: float = 120.0  # 0: off (a devnet's clock is not the wall clock)
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    last_tick_at: float | None = None
+    last_head_timestamp: int | None = None
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.scan_seconds = Histogram(
+            "perp_keeper_scan_seconds", "Seconds to refresh the risk picture", registry=r
+        )
+        self.accounts = Gauge("perp_keeper_accounts_tracked", "Accounts indexed", registry=r)
+        self.liquidatable = Gauge("perp_keeper_liquidatable", "Liquidation opportunities now", registry=r)
+        self.transactions = Counter(
+            "perp_keeper_transactions", "Transactions by outcome", ["status"], registry=r
+        )
+        self.replaced = Counter("perp_keeper_transactions_replaced", "Fee-bumped replacements", registry=r)
+        self.realised = Counter(
+            "perp_keeper_realised_reward_usd", "Rewards of executed liquidations", registry=r
+        )
+        self.head_lag = Gauge(
+            "perp_keeper_head_lag_seconds", "Wall clock minus the newest head's time", registry=r
+        )
+        self.rpc_errors = Counter("perp_keeper_rpc_errors", "RPC failures by kind", ["kind"], registry=r)
+
+    def ticked(self, head_timestamp: int) -> None:
+        self.last_tick_at = time.time()
+        self.last_head_timestamp = head_timestamp
+        self.head_lag.set(max(0.0, time.time() - head_timestamp))
+
+    def health(self, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+        now = time.time() if now is None else now
+        tick_age = None if self.last_tick_at is None else now - self.last_tick_at
+        head_age = None if self.last_head_timestamp is None else now - self.last_head_timestamp
+        problems = []
+        if tick_age is None or tick_age > 3 * self.block_interval:
+            problems.append("no recent tick")
+        if self.stale_head_seconds and head_age is not None and head_age > self.stale_head_seconds:
+            problems.append("head is stale")
+        return not problems, {
+            "ok": not problems,
+            "problems": problems,
+            "tick_age_s": tick_age,
+            "head_age_s": head_age,
+        }
+
+    async def serve(self, port: int, host: str = "0.0.0.0") -> asyncio.Server:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                request = await reader.readline()
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                path = request.split()[1].decode() if len(request.split()) > 1 else "/"
+                if path == "/metrics":
+                    status, kind, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+                elif path == "/health":
+                    ok, detail = self.health()
+                    status = "200 OK" if ok else "503 Service Unavailable"
+                    kind, body = "application/json", json.dumps(detail).encode()
+                else:
+                    status, kind, body = "404 Not Found", "text/plain", b"not found\n"
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+            finally:
+                writer.close()
+
+        return await asyncio.start_server(handle, host, port)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with whatever context (`account`, `tx`, ...) the call passed in `extra`."""
+
+    STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in self.STANDARD})
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
+    """JSON lines for machines, plain text on a terminal (`auto`), or forced with `json` / `text`."""
+    handler = logging.StreamHandler(sys.stderr)
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler.setFormatter(
+        JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
