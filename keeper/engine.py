@@ -102,6 +102,8 @@ class Engine:
             if self.tx is None:
                 await self._simulate_all(strategy, plan)
                 result.status, result.reason = "dry-run", plan.reason
+                result.size = abs(int(plan.inputs.get("liquidatable_size", 0)))  # what it would take
+                result.reward = int(plan.inputs.get("reward_capped", 0))
                 break
             outcomes = await self._send_all(strategy, plan, self.tx)
             result.gas_wei += sum(o.fee_wei for o in outcomes)

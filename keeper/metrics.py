@@ -130,3 +130,5 @@ def configure_logging(fmt: str = "auto", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for chatty in ("web3", "websockets", "apscheduler", "httpx"):  # their INFO is per request
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
