@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from devnet import up
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from keeper import run
-from keeper.scan import open_session, write_table
+from keeper.scan import open_session, report
 
 
 async def main(scenario: str, out_dir: Path, dry_run: bool = False) -> int:
@@ -52,13 +52,7 @@ async def main(scenario: str, out_dir: Path, dry_run: bool = False) -> int:
 async def _report(net: up.Devnet, out_dir: Path) -> int:
     session = await open_session(net.url, net.metadata_path, _fresh(out_dir / "scan.sqlite"))
     try:
-        await session.scanner.full_scan()
-        snapshot, params = session.scanner.snapshot, session.scanner.params
-        assert snapshot is not None
-        assert params is not None
-        found = session.scanner.opportunities()
-        symbols = {m.base_token.lower(): m.base_symbol for m in session.deployment.markets}
-        write_table(snapshot, params, found, symbols, sys.stdout)
+        found = await report(session, False, sys.stdout)
         return sum(1 for op in found if op.liquidatable)
     finally:
         await session.close()

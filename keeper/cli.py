@@ -22,6 +22,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _connection_args(command: argparse.ArgumentParser, state_db: bool) -> None:
+    command.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
+    command.add_argument(
+        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
+    )
+    if state_db:
+        command.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perp-keeper",
@@ -62,10 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connectivity and chain id, code at every metadata address, the price oracle, and "
         "the keeper's ETH, wallet USDC, Vault allowance and free collateral. Exit 0 only when all pass.",
     )
-    check.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
-    check.add_argument(
-        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
-    )
+    _connection_args(check, state_db=False)
     check.add_argument(
         "--from", dest="from_address", default=None, help="check this keeper address (default: the key's)"
     )
@@ -76,12 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Index every account from the chain's logs (resuming from the state database), read "
         "them all at one block with Multicall3, and list the liquidation opportunities in execution order.",
     )
+    _connection_args(scan, state_db=True)
     scan.add_argument("--json", action="store_true", help="print only a JSON array of opportunities")
-    scan.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
-    scan.add_argument(
-        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
-    )
-    scan.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
 
     run = commands.add_parser(
         "run",
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE + KEEPER_KEYSTORE_PASSWORD_FILE "
         "and is never printed; --dry-run needs none and never signs.",
     )
+    _connection_args(run, state_db=True)
     run.add_argument("--once", action="store_true", help="one complete pass, a summary, then exit")
     run.add_argument(
         "--dry-run", action="store_true", help="never sign or send; simulate and audit (env KEEPER_DRY_RUN)"
@@ -101,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL audit trail of every decision (env KEEPER_AUDIT_LOG)",
     )
     run.add_argument("--from", dest="from_address", default=None, help="dry-run: simulate as this liquidator")
-    run.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
     run.add_argument("--ws-url", default=None, help="WebSocket endpoint for new heads (env KEEPER_WS_URL)")
     run.add_argument(
         "--metrics-port",
@@ -109,10 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="/metrics and /health port, 0 = off (env KEEPER_METRICS_PORT)",
     )
-    run.add_argument(
-        "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
-    )
-    run.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
     return parser
 
 
@@ -161,16 +159,7 @@ def _scan(args: argparse.Namespace) -> int:
         rpc_url, metadata, state_db = scan.connection_settings(args)
         session = await scan.open_session(rpc_url, metadata, state_db, progress=True)
         try:
-            await session.scanner.full_scan()
-            snapshot, params = session.scanner.snapshot, session.scanner.params
-            assert snapshot is not None
-            assert params is not None
-            opportunities = session.scanner.opportunities()
-            if args.json:
-                scan.write_json(opportunities, snapshot.block, sys.stdout)
-            else:
-                symbols = {m.base_token.lower(): m.base_symbol for m in session.deployment.markets}
-                scan.write_table(snapshot, params, opportunities, symbols, sys.stdout)
+            await scan.report(session, args.json, sys.stdout)
         finally:
             await session.close()
         return 0

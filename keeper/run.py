@@ -30,7 +30,7 @@ from keeper.quotes import (
     ZeroEx,
 )
 from keeper.rpc import Rpc
-from keeper.scan import connection_settings, open_session
+from keeper.scan import connection_settings, open_session, symbols
 from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
@@ -107,10 +107,7 @@ async def main(args: Any) -> int:
         print(f"perp-keeper {mode}: liquidator {liquidator}", file=sys.stderr)
         if args.once:
             results = await engine.run_once()
-            d = session.deployment
-            symbols = {m.base_token.lower(): m.base_symbol for m in d.markets}
-            symbols.update({c.address.lower(): c.symbol for c in d.collaterals})
-            write_summary(results, sys.stdout, symbols)
+            write_summary(results, sys.stdout, symbols(session.deployment))
         else:
             ws_url = args.ws_url or os.environ.get("KEEPER_WS_URL") or None
             vault = session.deployment.vault

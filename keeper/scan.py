@@ -117,6 +117,27 @@ def _progress_bar(p: Progress) -> None:
         )
 
 
+async def report(session: Session, as_json: bool, out: TextIO) -> list[risk.Opportunity]:
+    """One full exact scan, written as the table or the JSON array; returns the opportunities."""
+    await session.scanner.full_scan()
+    snapshot, params = session.scanner.snapshot, session.scanner.params
+    assert snapshot is not None
+    assert params is not None
+    found = session.scanner.opportunities()
+    if as_json:
+        write_json(found, snapshot.block, out)
+    else:
+        write_table(snapshot, params, found, symbols(session.deployment), out)
+    return found
+
+
+def symbols(deployment: Deployment) -> dict[str, str]:
+    """Market and collateral token addresses (lower case) to their symbols, for tables."""
+    names = {m.base_token.lower(): m.base_symbol for m in deployment.markets}
+    names.update({c.address.lower(): c.symbol for c in deployment.collaterals})
+    return names
+
+
 # --- output ------------------------------------------------------------------------------------
 
 
