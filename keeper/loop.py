@@ -44,11 +44,9 @@ class HeadLoop:
         self._arrived = asyncio.Event()
         self._latest: BlockHeader | None = None
         self.last_head_at = time.monotonic()
-        self.last_tick_at = time.monotonic()
         self.ticks = 0
         self.heads_seen = 0
         self.scheduler = AsyncIOScheduler()
-        self._running_tick = False
 
     # --- heads ----------------------------------------------------------------------------------------
     def offer(self, head: BlockHeader) -> None:
@@ -118,15 +116,11 @@ class HeadLoop:
                 self._arrived.clear()
                 head = self._latest
                 assert head is not None
-                self._running_tick = True
                 try:
                     await self.tick_fn(head)  # heads that arrive meanwhile: only the latest is kept
                 except (RpcError, RpcUnavailableError) as exc:
                     log.warning("tick at block %d failed: %s", head.number, exc)
-                finally:
-                    self._running_tick = False
                 self.ticks += 1
-                self.last_tick_at = time.monotonic()
         finally:
             self.scheduler.shutdown(wait=False)
             for task in tasks:

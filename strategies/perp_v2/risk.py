@@ -87,12 +87,6 @@ class Account:
 
 
 @dataclass(frozen=True)
-class Market:
-    base_token: str
-    mark_price: int  # X18
-
-
-@dataclass(frozen=True)
 class Snapshot:
     block: int
     timestamp: int
