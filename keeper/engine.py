@@ -62,9 +62,11 @@ class Engine:
         self.ticks += 1
         if self.metrics is not None and head is not None:
             self.metrics.ticked(head.timestamp)  # a tick under way is alive; a stuck one ages out
+        executed = False
         for strategy in self.strategies:
             started = time.monotonic()
-            await strategy.refresh(head)
+            # after this tick's own transactions, later strategies look at the chain they left
+            await strategy.refresh(None if executed else head)
             opportunities = strategy.opportunities()
             if self.metrics is not None:
                 self.metrics.scan_seconds.observe(time.monotonic() - started)
@@ -74,6 +76,7 @@ class Engine:
                     continue  # makers whose orders may be cancelled but who are not liquidatable yet
                 plan = await strategy.plan(opportunity, self.liquidator)
                 results.append(await self._carry_out(strategy, plan))
+                executed = executed or results[-1].status == "executed"
         return results
 
     async def run_once(self, max_passes: int = 5) -> list[Result]:

@@ -66,6 +66,7 @@ class Scanner:
         self.shapes: dict[str, Shape] = {}
         self.tolerances: dict[str, risk.Tolerance] = {}
         self._sweep_cursor = 0
+        self._head_hash: str | None = None  # of the block the snapshot was read at
 
     # --- public -------------------------------------------------------------------------------------
     async def full_scan(self, head: BlockHeader | None = None) -> UpdateStats:
@@ -90,6 +91,10 @@ class Scanner:
         if self.snapshot is None:
             return await self.full_scan(head)
         started = time.monotonic()
+        head = head or await self.indexer.rpc.header("latest")
+        if head.hash == self._head_hash:
+            # already at this block (strategies sharing one scanner): nothing to read
+            return UpdateStats(head.number, False, len(self.shapes), seconds=time.monotonic() - started)
         sync = await self.indexer.sync(head)
         if sync.rolled_back_to is not None:
             log.warning("reorg healed at block %d: reading every account again", sync.rolled_back_to)
@@ -220,6 +225,7 @@ class Scanner:
         accounts = {} if replace or self.snapshot is None else dict(self.snapshot.accounts)
         accounts.update(read)
         self.snapshot = risk.Snapshot(head.number, head.timestamp, marks, prices, accounts)
+        self._head_hash = head.hash
         for address, account in read.items():
             self.tolerances[address] = risk.tolerance(account, self.snapshot, self.params)
 
