@@ -6,13 +6,15 @@ automatically: `pytest -m chain` selects them, `pytest -m "not chain"` the pure 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from devnet import up
 from devnet.chain import DevChain
 from devnet.scenario import Trader
+from keeper.scan import Session, open_session
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +34,16 @@ def chain(devnet: up.Devnet) -> Iterator[DevChain]:
         yield devnet.chain
     finally:
         devnet.chain.revert(snapshot)
+
+
+@pytest.fixture
+async def session(devnet: up.Devnet, chain: DevChain, tmp_path: Path) -> AsyncIterator[Session]:
+    """The keeper's scan session on the devnet (fresh state db), closed after the test."""
+    opened = await open_session(devnet.url, devnet.metadata_path, tmp_path / "keeper.sqlite")
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

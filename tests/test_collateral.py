@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from keeper.audit import AuditLog
 from keeper.engine import Engine
 from keeper.profit import X18
 from keeper.quotes import OneInch, QuoteSource, UniswapV3, ZeroEx
-from keeper.scan import Session, open_session
+from keeper.scan import Session
 from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 
@@ -35,15 +35,6 @@ def fake(devnet: up.Devnet) -> Iterator[FakeAggregators]:
         yield server
 
 
-@pytest.fixture
-async def session(devnet: up.Devnet, chain: DevChain, tmp_path: Path) -> AsyncIterator[Session]:
-    opened = await open_session(devnet.url, devnet.metadata_path, tmp_path / "c.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 def sources(
     session: Session, fake: FakeAggregators, chain_id: int, timeout: float = 5.0
 ) -> list[QuoteSource]:
@@ -55,6 +46,12 @@ def sources(
         OneInch(fake.url, "test-key", chain_id, timeout=timeout),
         UniswapV3(session.rpc, d.quoter_v2, d.swap_router),
     ]
+
+
+def collateral_strategy(session: Session, quote_sources: list[QuoteSource]) -> PerpV2Collateral:
+    return PerpV2Collateral(
+        session.deployment, session.scanner, session.rpc, session.read, quote_sources, CollateralSettings()
+    )
 
 
 def vault_liquidatable(devnet: up.Devnet, label: str) -> bool:
@@ -130,14 +127,7 @@ async def test_every_quote_below_the_repaid_usdc_is_skipped_with_a_reason(
     devnet: up.Devnet, fake: FakeAggregators, session: Session
 ) -> None:
     fake.modes["0x"] = "low"
-    strategy = PerpV2Collateral(
-        session.deployment,
-        session.scanner,
-        session.rpc,
-        session.read,
-        [ZeroEx(fake.url, "k", session.deployment.chain_id)],
-        CollateralSettings(),
-    )
+    strategy = collateral_strategy(session, [ZeroEx(fake.url, "k", session.deployment.chain_id)])
     await strategy.refresh()
     op = next(
         o
@@ -153,14 +143,7 @@ async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collater
     devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, session: Session, tmp_path: Path
 ) -> None:
     fake.modes["0x"] = "inflate"  # quotes 1.5x what the pool gives: minOut cannot be met
-    strategy = PerpV2Collateral(
-        session.deployment,
-        session.scanner,
-        session.rpc,
-        session.read,
-        [ZeroEx(fake.url, "k", session.deployment.chain_id)],
-        CollateralSettings(),
-    )
+    strategy = collateral_strategy(session, [ZeroEx(fake.url, "k", session.deployment.chain_id)])
     tx = TxManager(session.rpc, Account.from_key(KEEPER_KEY), session.deployment.chain_id)
     engine = Engine([strategy], session.rpc, KEEPER_ADDRESS, AuditLog(tmp_path / "a.jsonl"), tx)
     weth_before = wallet(devnet, "WETH9")
@@ -182,12 +165,10 @@ async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vau
     keeper = Web3.to_checksum_address(KEEPER_ADDRESS)
     chain.send(d["USDC"].functions.approve(d["Vault"].address, 0), keeper)
     chain.send(d["USDC"].functions.transfer(d["Vault"].address, wallet(devnet, "USDC") - 50 * 10**6), keeper)
-    strategy = PerpV2Collateral(
-        session.deployment, session.scanner, session.rpc, session.read, [], CollateralSettings()
-    )
     assert session.deployment.quoter_v2 is not None
     assert session.deployment.swap_router is not None
-    strategy.sources = [UniswapV3(session.rpc, session.deployment.quoter_v2, session.deployment.swap_router)]
+    uniswap = UniswapV3(session.rpc, session.deployment.quoter_v2, session.deployment.swap_router)
+    strategy = collateral_strategy(session, [uniswap])
     await strategy.refresh()
     op = next(
         o

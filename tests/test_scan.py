@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -18,15 +17,6 @@ from devnet.scenario import ScenarioBuilder, Trader
 from keeper import cli
 from keeper.scan import Session, open_session
 from strategies.perp_v2 import risk
-
-
-@pytest.fixture
-async def session(devnet: up.Devnet, chain: DevChain, tmp_path: Path) -> AsyncIterator[Session]:
-    opened = await open_session(devnet.url, devnet.metadata_path, tmp_path / "keeper.sqlite")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_scan_agrees_exactly_with_the_contracts_views_for_every_account(
