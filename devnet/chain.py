@@ -73,13 +73,17 @@ class DevChain:
         return self.w3.eth.contract(address=Web3.to_checksum_address(address), abi=artifacts.load(name).abi)
 
     def deploy(self, name: str, *args: Any, sender: str = DEPLOYER) -> Contract:
-        art = artifacts.load(name)
+        return self.deploy_artifact(artifacts.load(name), *args, sender=sender)
+
+    def deploy_artifact(self, art: artifacts.Artifact, *args: Any, sender: str = DEPLOYER) -> Contract:
+        if artifacts.needs_linking(art):
+            raise ValueError(f"{art.name} needs its libraries linked first (artifacts.link)")
         factory = self.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
         tx_hash = factory.constructor(*args).transact({"from": Web3.to_checksum_address(sender)})
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
         if receipt["status"] != 1 or receipt["contractAddress"] is None:
-            raise TransactionFailedError(f"deploying {name} failed")
-        return self.contract(name, receipt["contractAddress"])
+            raise TransactionFailedError(f"deploying {art.name} failed")
+        return self.w3.eth.contract(address=receipt["contractAddress"], abi=art.abi)
 
     def send(self, call: ContractFunction, sender: str = DEPLOYER, value: int = 0) -> TxReceipt:
         params: TxParams = {"from": Web3.to_checksum_address(sender)}

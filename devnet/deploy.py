@@ -9,6 +9,7 @@ manager. See docs/devnet.md for why each step is there.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -224,7 +225,8 @@ class Deployer:
 
         send(usdc.functions.mint(insurance_fund.address, INSURANCE_FUND_CAPITAL))
         self._deploy_spot_market()
-        self._install_multicall3()
+        self.out.contracts["Multicall3"] = install_multicall3(chain)
+        self.out.created_block["Multicall3"] = chain.w3.eth.block_number
         # Pools need 30 min of history before anything reading the mark price works (`OLD`).
         chain.advance_time(3600)
         return self.out
@@ -285,55 +287,68 @@ class Deployer:
             weth.address,
             "0x0000000000000000000000000000000000000000",
         )
-        send = self._send
-        send(factory.functions.createPool(usdc.address, weth.address, SPOT_POOL_FEE))
-        pool = self.chain.contract(
-            "UniswapV3Pool", factory.functions.getPool(usdc.address, weth.address, SPOT_POOL_FEE).call()
-        )
-        usdc_is_token0 = int(usdc.address, 16) < int(weth.address, 16)
-        # price = token1 per token0
-        if usdc_is_token0:
-            sqrt_price = units.sqrt_price_x96(1 / Fraction(WETH_PRICE), 6, 18)
-        else:
-            sqrt_price = units.sqrt_price_x96(WETH_PRICE, 18, 6)
-        send(pool.functions.initialize(sqrt_price))
-        self.out.spot_pool = pool
-
         weth_amount = units.ether(10_000)
         usdc_amount = units.usdc(10_000) * int(WETH_PRICE)
         self.chain.set_balance(DEPLOYER, units.ether(1_000_000))
-        send(weth.functions.deposit(), value=weth_amount)
-        send(usdc.functions.mint(DEPLOYER, usdc_amount))
-        send(weth.functions.approve(manager.address, UINT256_MAX))
-        send(usdc.functions.approve(manager.address, UINT256_MAX))
-        lower, upper = units.full_range(10)
-        token0, token1 = (usdc, weth) if usdc_is_token0 else (weth, usdc)
-        amount0, amount1 = (usdc_amount, weth_amount) if usdc_is_token0 else (weth_amount, usdc_amount)
-        deadline = 2**64
-        send(
-            manager.functions.mint(
-                (
-                    token0.address,
-                    token1.address,
-                    SPOT_POOL_FEE,
-                    lower,
-                    upper,
-                    amount0,
-                    amount1,
-                    0,
-                    0,
-                    DEPLOYER,
-                    deadline,
-                )
-            )
+        self._send(weth.functions.deposit(), value=weth_amount)
+        self._send(usdc.functions.mint(DEPLOYER, usdc_amount))
+        self.out.spot_pool = add_full_range_liquidity(
+            self.chain,
+            factory,
+            manager,
+            (weth, 18, weth_amount),
+            (usdc, 6, usdc_amount),
+            SPOT_POOL_FEE,
+            Fraction(WETH_PRICE),
         )
 
-    def _install_multicall3(self) -> None:
-        deployed = self.chain.deploy("Multicall3")
-        code = self.chain.w3.eth.get_code(deployed.address)
-        self.chain.rpc("anvil_setCode", MULTICALL3_ADDRESS, "0x" + code.hex().removeprefix("0x"))
-        self.out.contracts["Multicall3"] = self.chain.contract("Multicall3", MULTICALL3_ADDRESS)
-        self.out.created_block["Multicall3"] = self.chain.w3.eth.block_number
+
+def add_full_range_liquidity(
+    chain: DevChain,
+    factory: Contract,
+    manager: Contract,
+    a: tuple[Contract, int, int],
+    b: tuple[Contract, int, int],
+    fee: int,
+    b_per_a: Fraction | Decimal,
+) -> Contract:
+    """Create and initialise the a/b pool at `b_per_a` (whole tokens) and add the deployer's a and b
+    over the full range. `a` and `b` are (token, decimals, amount)."""
+    (token_a, dec_a, amount_a), (token_b, dec_b, amount_b) = a, b
+    chain.send(factory.functions.createPool(token_a.address, token_b.address, fee))
+    pool = chain.contract(
+        "UniswapV3Pool", factory.functions.getPool(token_a.address, token_b.address, fee).call()
+    )
+    a_is_token0 = int(token_a.address, 16) < int(token_b.address, 16)
+    price = Fraction(b_per_a)
+    # pool price = token1 per token0
+    sqrt_price = (
+        units.sqrt_price_x96(price, dec_a, dec_b)
+        if a_is_token0
+        else units.sqrt_price_x96(1 / price, dec_b, dec_a)
+    )
+    chain.send(pool.functions.initialize(sqrt_price))
+    chain.send(token_a.functions.approve(manager.address, UINT256_MAX))
+    chain.send(token_b.functions.approve(manager.address, UINT256_MAX))
+    lower, upper = units.full_range(factory.functions.feeAmountTickSpacing(fee).call())
+    (token0, amount0), (token1, amount1) = sorted(
+        ((token_a, amount_a), (token_b, amount_b)), key=lambda t: int(t[0].address, 16)
+    )
+    deadline = 2**64
+    chain.send(
+        manager.functions.mint(
+            (token0.address, token1.address, fee, lower, upper, amount0, amount1, 0, 0, DEPLOYER, deadline)
+        )
+    )
+    return pool
+
+
+def install_multicall3(chain: DevChain) -> Contract:
+    """Multicall3 at its canonical address, where every chain has it."""
+    deployed = chain.deploy("Multicall3")
+    code = chain.w3.eth.get_code(deployed.address)
+    chain.rpc("anvil_setCode", MULTICALL3_ADDRESS, "0x" + code.hex().removeprefix("0x"))
+    return chain.contract("Multicall3", MULTICALL3_ADDRESS)
 
 
 def deploy(chain: DevChain, markets: tuple[MarketSpec, ...] = DEFAULT_MARKETS) -> Deployment:

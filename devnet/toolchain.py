@@ -66,6 +66,12 @@ SOLC_JS = NpmPackage(
     SOLC_VERSION,
     "sha512-G5yUqjTUPc8Np74sCFwfsevhBPlUifUOfhYrgyu6CmYlC6feSw0YS6eZW47XDT23k3JYdKx5nJ+Q7whCEmNcoA==",
 )
+# Synthetix Perps V2: bytecode from the package's deployment files (see devnet/synthetix.py).
+SYNTHETIX = NpmPackage(
+    "synthetix",
+    "2.102.1",
+    "sha512-SJsFT5VRqkQjqDO2K3s2h9LqnPjIIqAPEP6wV9MKnC5rcCBzkKYsHbba0Q+pRHxrM18ODic4HC51AYtaQcRu/Q==",
+)
 # The @foundry-rs/anvil wrapper only picks one of these platform packages; we call its binary directly.
 ANVIL_PLATFORMS = {
     ("Linux", "x86_64"): NpmPackage(
@@ -75,7 +81,7 @@ ANVIL_PLATFORMS = {
     ),
 }
 
-PACKAGES = (PERP_CONTRACTS, PERP_DEPLOYMENTS, UNISWAP_CORE, UNISWAP_PERIPHERY, SOLC_JS)
+PACKAGES = (PERP_CONTRACTS, PERP_DEPLOYMENTS, UNISWAP_CORE, UNISWAP_PERIPHERY, SOLC_JS, SYNTHETIX)
 
 STAND_INS_SOURCE = Path(__file__).with_name("contracts") / "StandIns.sol"
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// Stand-ins for what production gets from outside npm: tokens, price feeds, Multicall3.
+// Stand-ins for what production gets from outside npm: tokens, price feeds, Multicall3, and the
+// four Synthetix core contracts PerpsV2 calls but a keeper never depends on.
 // Written for perp-keeper's devnet; deliberately minimal.
 pragma solidity 0.8.24;
 
@@ -25,6 +26,10 @@ contract TestToken {
 
     function mint(address to, uint256 amount) external {
         require(msg.sender == owner, "TT_NO");
+        _mint(to, amount);
+    }
+
+    function _mint(address to, uint256 amount) internal {
         totalSupply += amount;
         balanceOf[to] += amount;
         emit Transfer(address(0), to, amount);
@@ -215,5 +220,91 @@ contract GasPriceOracleStandIn {
         int256 estimated = -42_585_600 + 836_500 * int256(flzUpperBound);
         uint256 size = estimated < 100_000_000 ? 100_000_000 : uint256(estimated);
         return (size * (16 * l1BaseFee * baseFeeScalar + blobBaseFee * blobBaseFeeScalar)) / 1e12;
+    }
+}
+
+// --- Synthetix: what PerpsV2 and FuturesMarketManager call outside themselves --------------------------
+
+/// Oracle rates by currency key (18 decimals), settable by the owner; every change starts a new round.
+contract ExchangeRatesStandIn {
+    address public immutable owner;
+    mapping(bytes32 => uint256) public rates;
+    mapping(bytes32 => uint256) public rounds;
+
+    event RateSet(bytes32 indexed currencyKey, uint256 rate);
+
+    constructor() {
+        owner = msg.sender;
+    }
+
+    function setRate(bytes32 currencyKey, uint256 rate) external {
+        require(msg.sender == owner, "ER_NO");
+        rates[currencyKey] = rate;
+        rounds[currencyKey] += 1;
+        emit RateSet(currencyKey, rate);
+    }
+
+    function rateAndInvalid(bytes32 currencyKey) external view returns (uint256 rate, bool isInvalid) {
+        rate = rates[currencyKey];
+        isInvalid = rate == 0;
+    }
+
+    function rateWithSafetyChecks(bytes32 currencyKey)
+        external
+        view
+        returns (uint256 rate, bool broken, bool staleOrInvalid)
+    {
+        rate = rates[currencyKey];
+        staleOrInvalid = rate == 0;
+    }
+
+    function getCurrentRoundId(bytes32 currencyKey) external view returns (uint256) {
+        return rounds[currencyKey];
+    }
+}
+
+/// No dynamic fee and nothing to settle: sUSD is the only synth on the devnet.
+contract ExchangerStandIn {
+    function dynamicFeeRateForExchange(bytes32, bytes32) external pure returns (uint256, bool) {
+        return (0, false);
+    }
+
+    function settle(address, bytes32) external pure returns (uint256, uint256, uint256) {
+        return (0, 0, 0);
+    }
+}
+
+/// sUSD: an ERC-20 that FuturesMarketManager (the issuer) mints to and burns from.
+contract SynthsUSDStandIn is TestToken {
+    address public issuer;
+
+    constructor() TestToken("Synth sUSD", "sUSD", 18) {}
+
+    function setIssuer(address issuer_) external {
+        require(msg.sender == owner, "TT_NO");
+        issuer = issuer_;
+    }
+
+    function issue(address to, uint256 amount) external {
+        require(msg.sender == issuer || msg.sender == owner, "sUSD: not the issuer");
+        _mint(to, amount);
+    }
+
+    function burn(address from, uint256 amount) external {
+        require(msg.sender == issuer, "sUSD: not the issuer");
+        require(balanceOf[from] >= amount, "sUSD: burn exceeds balance");
+        balanceOf[from] -= amount;
+        totalSupply -= amount;
+        emit Transfer(from, address(0), amount);
+    }
+}
+
+/// Where fees go (Synthetix's FEE_ADDRESS) and how much was recorded.
+contract FeePoolStandIn {
+    address public constant FEE_ADDRESS = 0xfeEFEEfeefEeFeefEEFEEfEeFeefEEFeeFEEFEeF;
+    uint256 public feesRecorded;
+
+    function recordFeePaid(uint256 amount) external {
+        feesRecorded += amount;
     }
 }
