@@ -6,12 +6,13 @@ chains: then the L1 fee is 0 and `l1_note` says why, so a profit decision can sh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from eth_abi.abi import decode
 
 from keeper.multicall import encode_call
-from keeper.profit import GasPrice
+from keeper.profit import GasPrice, TxCost, tx_cost
 from keeper.rpc import BlockId, Rpc, RpcError
 
 GAS_PRICE_ORACLE = "0x420000000000000000000000000000000000000F"
@@ -48,3 +49,27 @@ async def l1_fee_upper_bound(rpc: Rpc, unsigned_tx_size: int, block: BlockId = "
     except RpcError as exc:
         return L1Fee(0, f"GasPriceOracle.getL1FeeUpperBound reverted ({exc.message}): L1 fee counted as 0")
     return L1Fee(int(wei))
+
+
+UNSIGNED_TX_OVERHEAD = 60  # bytes of an unsigned EIP-1559 tx beside its calldata
+
+
+async def tx_costs(rpc: Rpc, txs: Sequence[tuple[int, int]], price: GasPrice) -> tuple[list[TxCost], str]:
+    """The cost of each (gas units, calldata bytes) transaction: L2 execution plus its L1 data fee.
+
+    The second value says why the L1 fee is 0, when it is."""
+    costs, note = [], ""
+    for units, calldata_size in txs:
+        l1 = await l1_fee_upper_bound(rpc, calldata_size + UNSIGNED_TX_OVERHEAD)
+        note = note or l1.note
+        costs.append(tx_cost(units, price, l1.wei))
+    return costs, note
+
+
+async def estimate_gas(rpc: Rpc, sender: str, to: str, data: bytes) -> int | None:
+    """eth_estimateGas, or None when the transaction cannot run now (e.g. it needs an earlier step)."""
+    tx = {"from": sender, "to": to, "data": "0x" + data.hex()}
+    try:
+        return int(await rpc.request("eth_estimateGas", [tx]), 16)
+    except RpcError:
+        return None

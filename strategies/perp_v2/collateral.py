@@ -176,10 +176,8 @@ class PerpV2Collateral:
             )
         )
         sale_gas = [GAS_APPROVE, best.gas]
-        costs = []
-        for step_gas, size in [(s.gas, len(s.data)) for s in steps] + [(g, 200) for g in sale_gas]:
-            l1 = await gas.l1_fee_upper_bound(self.rpc, size + 60)
-            costs.append(profit.tx_cost(step_gas, price, l1.wei))
+        txs = [(s.gas, len(s.data)) for s in steps] + [(g, 200) for g in sale_gas]
+        costs, _ = await gas.tx_costs(self.rpc, txs, price)
         estimate = profit.estimate(reward, costs, eth_usd.one(), self.settings.min_profit)
         inputs.update(
             liquidatable_size=collateral,

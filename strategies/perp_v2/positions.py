@@ -35,7 +35,6 @@ CANCEL_ALL = "cancelAllExcessOrders(address,address)"
 # gas hints for steps that cannot be estimated before the previous one lands (measured on 2.8.4)
 GAS_LIQUIDATE = 1_000_000
 GAS_CLOSE = 800_000
-UNSIGNED_TX_OVERHEAD = 60  # bytes of an unsigned EIP-1559 tx beside its calldata
 MAX_ROUNDS = 10
 
 
@@ -149,15 +148,13 @@ class PerpV2Positions:
         inputs["unwind_note"] = note
         steps = [await self._estimated(step, liquidator) for step in steps]
         price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)
-        costs = []
         closing = [
             Step("close", ch, encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL)), GAS_CLOSE)
         ]
-        for step in steps + (closing if self.settings.inherited == "close" else []):
-            l1 = await gas.l1_fee_upper_bound(self.rpc, len(step.data) + UNSIGNED_TX_OVERHEAD)
-            if l1.note:
-                inputs["l1_note"] = l1.note
-            costs.append(profit.tx_cost(step.gas, price, l1.wei))
+        priced = steps + (closing if self.settings.inherited == "close" else [])
+        costs, l1_note = await gas.tx_costs(self.rpc, [(s.gas, len(s.data)) for s in priced], price)
+        if l1_note:
+            inputs["l1_note"] = l1_note
         estimate = profit.estimate(reward, costs, eth_usd, self.settings.min_profit, unwind_cost=unwind)
         inputs.update(
             gas_units=sum(c.gas for c in costs),
@@ -171,13 +168,8 @@ class PerpV2Positions:
 
     async def _estimated(self, step: Step, sender: str) -> Step:
         """eth_estimateGas where the step can run now; the hint where it needs an earlier step first."""
-        tx = {"from": sender, "to": step.to, "data": "0x" + step.data.hex()}
-        try:
-            return Step(
-                step.label, step.to, step.data, int(await self.rpc.request("eth_estimateGas", [tx]), 16)
-            )
-        except RpcError:
-            return step
+        units = await gas.estimate_gas(self.rpc, sender, step.to, step.data)
+        return step if units is None else Step(step.label, step.to, step.data, units)
 
     async def _unwind_cost(
         self, liquidator: str, base: str, liquidated: int, notional: int, fee_ratio: int
