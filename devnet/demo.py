@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 
 from devnet import up
-from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
+from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY, Trader
+from devnet.synthetix import SynthetixDeployment
 from keeper import run
+from keeper.metadata import PERP_V2, SYNTHETIX_PERPS_V2
 from keeper.scan import open_session, report
 
 
-async def main(scenario: str, out_dir: Path, dry_run: bool = False) -> int:
-    net = await asyncio.to_thread(up.start, scenario, 0, out_dir)
+async def main(scenario: str | None, out_dir: Path, dry_run: bool = False, protocol: str = PERP_V2) -> int:
+    net: up.Devnet | up.SynthetixDevnet
+    if protocol == SYNTHETIX_PERPS_V2:
+        net = await asyncio.to_thread(up.start_synthetix, scenario or "liquidations", 0, out_dir)
+    else:
+        net = await asyncio.to_thread(up.start, scenario or "all-kinds", 0, out_dir)
     try:
         print(f"devnet: {net.url} (metadata {net.metadata_path})\n\nBefore:")
         await _report(net, out_dir)
@@ -35,27 +42,44 @@ async def main(scenario: str, out_dir: Path, dry_run: bool = False) -> int:
             metrics_port=0,
             metadata=net.metadata_path,
             state_db=_fresh(out_dir / "keeper.sqlite"),
+            protocol=protocol,
         )
         await run.main(args)
         print("\nAfter:")
         left = await _report(net, out_dir)
-        print(
-            "\nnothing is liquidatable."
-            if not left
-            else f"\n{left} liquidation(s) left (a dry-run sends nothing)."
-        )
+        if not left:
+            print("\nnothing is liquidatable.")
+        elif dry_run:
+            print(f"\n{left} liquidation(s) left (a dry-run sends nothing).")
+        else:
+            print(f"\n{left} liquidation(s) left, skipped for the reasons above.")
     finally:
         net.stop()
     return 0
 
 
-async def _report(net: up.Devnet, out_dir: Path) -> int:
+async def _report(net: up.Devnet | up.SynthetixDevnet, out_dir: Path) -> int:
+    if isinstance(net.deployment, SynthetixDeployment):
+        await asyncio.to_thread(up.risk_report, net)
+        return await asyncio.to_thread(_synthetix_left, net.deployment, net.scenario.traders.values())
     session = await open_session(net.url, net.metadata_path, _fresh(out_dir / "scan.sqlite"))
     try:
         found = await report(session, False, sys.stdout)
         return sum(1 for op in found if op.liquidatable)
     finally:
         await session.close()
+
+
+def _synthetix_left(d: SynthetixDeployment, traders: Iterable[Trader]) -> int:
+    """Open positions that are liquidatable or flagged (the oversized one stays: endorsed keepers only)."""
+    left = 0
+    for trader in traders:
+        for market in d.markets.values():
+            views = market.proxy.functions
+            if views.positions(trader.address).call()[4] == 0:
+                continue
+            left += views.canLiquidate(trader.address).call() or views.isFlagged(trader.address).call()
+    return left
 
 
 def _fresh(path: Path) -> Path:

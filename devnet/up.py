@@ -8,28 +8,34 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
-from typing import TextIO
+from typing import Generic, TextIO, TypeVar
 
-from devnet import toolchain
+from devnet import synthetix, synthetix_scenario, toolchain
 from devnet.anvil import Anvil
 from devnet.chain import DevChain
 from devnet.deploy import Deployment, deploy
-from devnet.scenario import ScenarioBuilder, build
+from devnet.scenario import ScenarioBuilder, Trader, build
+from devnet.synthetix import SynthetixDeployment
+from devnet.synthetix_scenario import SynthetixScenario
 
 GENESIS_TIMESTAMP = 1_700_000_000  # fixed, so every devnet run is the same chain
 
 
+D = TypeVar("D", Deployment, SynthetixDeployment)
+S = TypeVar("S", ScenarioBuilder, SynthetixScenario)
+
+
 @dataclass
-class Devnet:
+class Net(Generic[D, S]):
     anvil: Anvil
     chain: DevChain
-    deployment: Deployment
-    scenario: ScenarioBuilder
+    deployment: D
+    scenario: S
     metadata_path: Path
 
     @property
@@ -38,6 +44,10 @@ class Devnet:
 
     def stop(self) -> None:
         self.anvil.stop()
+
+
+Devnet = Net[Deployment, ScenarioBuilder]
+SynthetixDevnet = Net[SynthetixDeployment, SynthetixScenario]
 
 
 def _log(message: str) -> None:
@@ -51,19 +61,52 @@ def start(
     log: bool = True,
     anvil_args: Sequence[str] = (),
 ) -> Devnet:
-    """Start anvil, deploy, build `scenario`, write metadata + scenario manifest into `out_dir`."""
+    """Start anvil, deploy Perp v2, build `scenario`, write metadata + scenario manifest into `out_dir`."""
+    return _start("Perp v2 (curie 2.8.4)", deploy, build, scenario, port, out_dir, log, anvil_args)
+
+
+def start_synthetix(
+    scenario: str = "liquidations",
+    port: int = 0,
+    out_dir: Path = Path("state/devnet"),
+    log: bool = True,
+    anvil_args: Sequence[str] = (),
+) -> SynthetixDevnet:
+    """The same for Synthetix Perps V2."""
+    return _start(
+        "Synthetix Perps V2 (synthetix 2.102.1)",
+        synthetix.deploy,
+        synthetix_scenario.build,
+        scenario,
+        port,
+        out_dir,
+        log,
+        anvil_args,
+    )
+
+
+def _start(
+    what: str,
+    deploy_on: Callable[[DevChain], D],
+    build_on: Callable[[D, str], S],
+    scenario: str,
+    port: int,
+    out_dir: Path,
+    log: bool,
+    anvil_args: Sequence[str],
+) -> Net[D, S]:
     say = _log if log else (lambda _m: None)
     toolchain.ensure()
     anvil = Anvil(port=port, extra_args=["--timestamp", str(GENESIS_TIMESTAMP), *anvil_args]).start()
     try:
         chain = DevChain(anvil.url)
         t0 = time.monotonic()
-        say("deploying Perp v2 (curie 2.8.4), Uniswap v3 and stand-ins ...")
-        deployment = deploy(chain)
+        say(f"deploying {what}, Uniswap v3 and stand-ins ...")
+        deployment = deploy_on(chain)
         say(f"  deployed in {time.monotonic() - t0:.1f} s")
         t1 = time.monotonic()
         say(f"building scenario {scenario!r} ...")
-        builder = build(deployment, scenario)
+        builder = build_on(deployment, scenario)
         say(f"  {len(builder.traders)} accounts in {time.monotonic() - t1:.1f} s")
         out_dir.mkdir(parents=True, exist_ok=True)
         metadata_path = out_dir / "metadata.json"
@@ -73,10 +116,10 @@ def start(
     except BaseException:
         anvil.stop()
         raise
-    return Devnet(anvil, chain, deployment, builder, metadata_path.resolve())
+    return Net(anvil, chain, deployment, builder, metadata_path.resolve())
 
 
-def dump_state(devnet: Devnet, path: Path) -> None:
+def dump_state(devnet: Devnet | SynthetixDevnet, path: Path) -> None:
     """Write the chain state in the format `anvil --load-state` reads."""
     raw = devnet.chain.rpc("anvil_dumpState")
     data = bytes.fromhex(raw.removeprefix("0x"))
@@ -86,9 +129,12 @@ def dump_state(devnet: Devnet, path: Path) -> None:
     path.write_bytes(data)
 
 
-def risk_report(devnet: Devnet, out: TextIO = sys.stdout) -> None:
+def risk_report(devnet: Devnet | SynthetixDevnet, out: TextIO = sys.stdout) -> None:
     """The scenario's accounts, riskiest first, read from the contracts' own views."""
     d = devnet.deployment
+    if isinstance(d, SynthetixDeployment):
+        synthetix_report(d, devnet.scenario.traders.values(), out)
+        return
     clearing_house, account_balance, vault = d["ClearingHouse"], d["AccountBalance"], d["Vault"]
     rows = []
     for trader in devnet.scenario.traders.values():
@@ -123,11 +169,35 @@ def risk_report(devnet: Devnet, out: TextIO = sys.stdout) -> None:
         )
 
 
+def synthetix_report(d: SynthetixDeployment, traders: Iterable[Trader], out: TextIO = sys.stdout) -> None:
+    """Every scenario position in every market, from the market proxies' own views."""
+    print(
+        f"{'account':<22} {'address':<42} {'market':<9} {'size':>10} {'margin':>12} {'flag fee':>10}  state",
+        file=out,
+    )
+    for trader in traders:
+        for market in d.markets.values():
+            views = market.proxy.functions
+            size = views.positions(trader.address).call()[4]
+            if size == 0:
+                continue
+            margin = views.remainingMargin(trader.address).call()[0]
+            fee = views.liquidationFee(trader.address).call()
+            state = "flagged" if views.isFlagged(trader.address).call() else ""
+            state = state or ("liquidatable" if views.canLiquidate(trader.address).call() else "-")
+            size_, margin_, fee_ = (_decimal(Fraction(x, 10**18)) for x in (size, margin, fee))
+            print(
+                f"{trader.label:<22} {trader.address:<42} {market.key:<9} {size_:>10.4f} "
+                f"{margin_:>12,.2f} {fee_:>10,.2f}  {state}",
+                file=out,
+            )
+
+
 def _decimal(value: Fraction) -> Decimal:
     return Decimal(value.numerator) / Decimal(value.denominator)
 
 
-def serve_until_interrupted(devnet: Devnet) -> None:
+def serve_until_interrupted(devnet: Devnet | SynthetixDevnet) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -42,11 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     devnet_commands = devnet.add_subparsers(dest="devnet_command", required=True, metavar="ACTION")
     up = devnet_commands.add_parser(
         "up",
-        help="start anvil, deploy Perp v2 and build a scenario",
-        description="Start anvil, deploy the real Perp v2 contracts, build a scenario, write the "
-        "deployment metadata, print the accounts at risk, and serve until interrupted.",
+        help="start anvil, deploy Perp v2 (or Synthetix Perps V2) and build a scenario",
+        description="Start anvil, deploy the real Perp v2 (or Synthetix Perps V2) contracts, build a "
+        "scenario, write the deployment metadata, print the accounts at risk, and serve until interrupted.",
     )
-    up.add_argument("--scenario", default="all-kinds", help="all-kinds (default) or empty")
+    up.add_argument(
+        "--protocol",
+        default="perp-v2",
+        choices=("perp-v2", "synthetix-perps-v2"),
+        help="which protocol to deploy (default perp-v2)",
+    )
+    up.add_argument(
+        "--scenario",
+        default=None,
+        help="perp-v2: all-kinds (default) or empty; synthetix-perps-v2: liquidations (default) or empty",
+    )
     up.add_argument("--port", type=_port, default=0, help="RPC port (default: a free one)")
     up.add_argument("--out-dir", type=Path, default=Path("state/devnet"), help="where metadata.json goes")
     up.add_argument("--state-out", type=Path, help="also write an anvil state dump (for anvil --load-state)")
@@ -59,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
         "liquidatable, run the keeper once (live with the devnet's keeper account, or --dry-run), and show "
         "what it did and what is left.",
     )
-    demo.add_argument("--scenario", default="all-kinds", help="all-kinds (default) or empty")
+    demo.add_argument(
+        "--protocol",
+        default="perp-v2",
+        choices=("perp-v2", "synthetix-perps-v2"),
+        help="which protocol's devnet (default perp-v2)",
+    )
+    demo.add_argument(
+        "--scenario",
+        default=None,
+        help="perp-v2: all-kinds (default) or empty; synthetix-perps-v2: liquidations (default) or empty",
+    )
     demo.add_argument("--dry-run", action="store_true", help="simulate and audit only; nothing is sent")
     demo.add_argument(
         "--out-dir", type=Path, default=Path("state/demo"), help="metadata, state db, audit log"
@@ -88,11 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="liquidate: scan, price and execute every profitable liquidation, largest first",
-        description="Liquidate profitable Perp v2 positions, largest first. The key comes from "
-        "KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE + KEEPER_KEYSTORE_PASSWORD_FILE "
-        "and is never printed; --dry-run needs none and never signs.",
+        description="Liquidate profitable Perp v2 or Synthetix Perps V2 positions, largest first. The key "
+        "comes from KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE + "
+        "KEEPER_KEYSTORE_PASSWORD_FILE and is never printed; --dry-run needs none and never signs.",
     )
     _connection_args(run, state_db=True)
+    run.add_argument(
+        "--protocol",
+        default=None,
+        help="perp-v2 or synthetix-perps-v2 (env KEEPER_PROTOCOL; default: what the metadata describes)",
+    )
     run.add_argument("--once", action="store_true", help="one complete pass, a summary, then exit")
     run.add_argument(
         "--dry-run", action="store_true", help="never sign or send; simulate and audit (env KEEPER_DRY_RUN)"
@@ -124,13 +149,18 @@ def _devnet_up(args: argparse.Namespace) -> int:
     from devnet import up
     from devnet.anvil import AnvilError
     from devnet.scenario import SCENARIOS
+    from devnet.synthetix_scenario import SCENARIOS as SYNTHETIX_SCENARIOS
     from devnet.toolchain import ToolchainError
 
-    if args.scenario not in SCENARIOS:
-        choices = ", ".join(sorted(SCENARIOS))
-        return _fail(f"--scenario: unknown scenario {args.scenario!r} (choose from {choices})", EXIT_USAGE)
+    synthetix = args.protocol == "synthetix-perps-v2"
+    scenarios = SYNTHETIX_SCENARIOS if synthetix else tuple(SCENARIOS)
+    scenario = args.scenario or ("liquidations" if synthetix else "all-kinds")
+    if scenario not in scenarios:
+        choices = ", ".join(sorted(scenarios))
+        return _fail(f"--scenario: unknown scenario {scenario!r} (choose from {choices})", EXIT_USAGE)
     try:
-        net = up.start(scenario=args.scenario, port=args.port, out_dir=args.out_dir)
+        launch = up.start_synthetix if synthetix else up.start
+        net = launch(scenario=scenario, port=args.port, out_dir=args.out_dir)
     except ToolchainError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except AnvilError as exc:
@@ -170,7 +200,9 @@ def _scan(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from devnet import demo
 
-    return _guarded(lambda: demo.main(args.scenario, args.out_dir, dry_run=args.dry_run))
+    return _guarded(
+        lambda: demo.main(args.scenario, args.out_dir, dry_run=args.dry_run, protocol=args.protocol)
+    )
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
 
+from keeper.metadata import PROTOCOLS, metadata_protocol
+
 X18 = 10**18
 
 
@@ -36,6 +38,7 @@ class RunSettings:
     stale_head_seconds: int = 120
     log_format: str = "auto"
     log_level: str = "INFO"
+    susd_usd: int | None = None  # X18: sUSD's USD price when no quote can be had (Synthetix)
 
 
 def load_dotenv(path: Path = Path(".env"), env: dict[str, str] | None = None) -> int:
@@ -126,7 +129,21 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
         stale_head_seconds=integer(env, "KEEPER_STALE_HEAD_SECONDS", 120, low=0, high=86_400) or 0,
         log_format=choice(env, "KEEPER_LOG_FORMAT", "auto", ("auto", "json", "text")),
         log_level=choice(env, "KEEPER_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        susd_usd=usd(env, "KEEPER_SUSD_USD", None),
     )
+
+
+def protocol(flag_value: str | None, metadata: Path, env: Mapping[str, str] | None = None) -> str:
+    """--protocol, else KEEPER_PROTOCOL, else what the metadata file says; they must agree."""
+    env = os.environ if env is None else env
+    described = metadata_protocol(metadata)
+    wanted = flag_value or env.get("KEEPER_PROTOCOL", "").strip() or described
+    setting = "--protocol" if flag_value else "KEEPER_PROTOCOL"
+    if wanted not in PROTOCOLS:
+        raise SettingError(f"{setting}: expected one of {', '.join(PROTOCOLS)}, got {wanted!r}")
+    if wanted != described:
+        raise SettingError(f"{setting} is {wanted} but {metadata} describes a {described} deployment")
+    return wanted
 
 
 def address(text: str, setting: str) -> str:

@@ -37,6 +37,7 @@ class Result:
     profit: int = 0  # X18, estimated before the first round
     gas_wei: int = 0  # paid, every step
     txs: list[str] = field(default_factory=list)
+    key: str = ""  # the opportunity's
 
 
 class Engine:
@@ -84,7 +85,9 @@ class Engine:
         results: list[Result] = []
         for _ in range(max_passes):
             this_pass = await self.tick()
-            results += this_pass
+            # an opportunity skipped again for the same reason is one row, not one per pass
+            skipped = {(r.key, r.reason) for r in results if r.status == "skipped"}
+            results += [r for r in this_pass if r.status != "skipped" or (r.key, r.reason) not in skipped]
             if self.dry_run or not any(r.status == "executed" for r in this_pass):
                 break
         return results
@@ -92,7 +95,7 @@ class Engine:
     async def _carry_out(self, strategy: Strategy, plan: Plan | None) -> Result:
         assert plan is not None
         op = plan.opportunity
-        result = Result(op.account, op.kind, _market(op), "skipped")
+        result = Result(op.account, op.kind, _market(op), "skipped", key=op.key)
         if plan.estimate is not None:
             result.profit = plan.estimate.profit
         first = True
@@ -231,4 +234,8 @@ class Engine:
 
 
 def _market(op: Opportunity) -> str | None:
-    return getattr(op, "base_token", None) or getattr(op, "collateral_token", None)
+    return (
+        getattr(op, "base_token", None)
+        or getattr(op, "collateral_token", None)
+        or getattr(op, "market", None)
+    )

@@ -39,6 +39,7 @@ class AccountSource:
     contract: str
     topic0: str
     topic_index: int
+    per_contract: bool = False  # record "contract:account" (an account of one market, not of the protocol)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Indexer:
         self.range = initial_range
         self.max_range = max_range  # lowered to just under the smallest range the provider refused
         self.progress = progress
-        self._by_topic = {(s.contract.lower(), s.topic0.lower()): s.topic_index for s in self.sources}
+        self._by_topic = {(s.contract.lower(), s.topic0.lower()): s for s in self.sources}
         self._known: set[str] | None = None
 
     @property
@@ -198,10 +199,12 @@ class Indexer:
             address, topics = str(entry["address"]).lower(), entry["topics"]
             if address in self.watched:
                 result.watched_changed = True
-            index = self._by_topic.get((address, str(topics[0]).lower())) if topics else None
-            if index is None or index >= len(topics):
+            source = self._by_topic.get((address, str(topics[0]).lower())) if topics else None
+            if source is None or source.topic_index >= len(topics):
                 continue
-            account = str(to_checksum_address("0x" + str(topics[index])[-40:]))
+            account = str(to_checksum_address("0x" + str(topics[source.topic_index])[-40:]))
+            if source.per_contract:
+                account = f"{to_checksum_address(address)}:{account}"
             accounts.append((account, number))
             result.touched.add(account)
         if end == head.number:

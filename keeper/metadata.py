@@ -1,7 +1,9 @@
-"""Perp's deployment-metadata format (`@perp/curie-deployments`) -> typed addresses.
+"""Deployment metadata -> typed addresses, for each protocol the keeper serves.
 
-The same loader reads Perp's published Optimism file and the devnet's, so the keeper can be pointed
-at any deployment. Unknown sections are ignored; a missing or malformed entry is an error that names
+Perp v2: Perp's own format (`@perp/curie-deployments`), so the same loader reads Perp's published
+Optimism file and the devnet's. Synthetix Perps V2: `"protocol": "synthetix-perps-v2"`, its core
+contracts and market proxies (docs/synthetix.md), written by the devnet or by hand from Synthetix's
+`deployment.json`. Unknown sections are ignored; a missing or malformed entry is an error that names
 the file and the field.
 """
 
@@ -31,6 +33,12 @@ CORE_CONTRACTS = (
     "MarketRegistry",
     "QuoteToken",
 )
+
+
+PERP_V2 = "perp-v2"
+SYNTHETIX_PERPS_V2 = "synthetix-perps-v2"
+PROTOCOLS = (PERP_V2, SYNTHETIX_PERPS_V2)
+SYNTHETIX_CORE_CONTRACTS = ("FuturesMarketManager", "PerpsV2MarketSettings", "PerpsV2MarketData")
 
 
 class MetadataError(ValueError):
@@ -94,8 +102,103 @@ class Deployment:
         return min(self.contracts[name].created_block for name in CORE_CONTRACTS)
 
 
+@dataclass(frozen=True)
+class PerpsV2Market:
+    key: str  # e.g. "sETHPERP"
+    asset: str  # e.g. "sETH"
+    proxy: ChecksumAddress  # the market's address: it routes every call and emits every event
+    state: ChecksumAddress  # PerpsV2MarketState: who flagged a position
+    created_block: int
+
+
+@dataclass(frozen=True)
+class SynthetixDeployment:
+    chain_id: int
+    network: str
+    contracts: Mapping[str, ContractRef]
+    markets: tuple[PerpsV2Market, ...]
+    susd: ChecksumAddress
+    usdc: ChecksumAddress | None
+    quoter_v2: ChecksumAddress | None
+    swap_router: ChecksumAddress | None
+    multicall3: ChecksumAddress
+
+    def address(self, name: str) -> ChecksumAddress:
+        return self.contracts[name].address
+
+    @property
+    def manager(self) -> ChecksumAddress:
+        return self.address("FuturesMarketManager")
+
+    @property
+    def settings(self) -> ChecksumAddress:
+        return self.address("PerpsV2MarketSettings")
+
+    @property
+    def start_block(self) -> int:
+        return min(m.created_block for m in self.markets)
+
+
+def metadata_protocol(path: str | Path) -> str:
+    """Which protocol a metadata file describes (`"protocol"`; Perp's own files have none)."""
+    data = _read_json(Path(path))
+    protocol = data.get("protocol", PERP_V2) if isinstance(data, Mapping) else PERP_V2
+    if protocol not in PROTOCOLS:
+        raise MetadataError(f"{path}: protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return str(protocol)
+
+
+def load_synthetix_metadata(path: str | Path) -> SynthetixDeployment:
+    return parse_synthetix_metadata(_read_json(Path(path)), str(path))
+
+
+def parse_synthetix_metadata(data: Any, source: str = "metadata") -> SynthetixDeployment:
+    parser = _Parser(source)
+    root = parser.mapping(data, "the top level")
+    if root.get("protocol") != SYNTHETIX_PERPS_V2:
+        raise parser.fail(f'protocol must be "{SYNTHETIX_PERPS_V2}", got {_kind(root.get("protocol"))}')
+    section = parser.mapping(root.get("contracts"), "contracts")
+    contracts = {name: parser.contract(section, name) for name in SYNTHETIX_CORE_CONTRACTS}
+    markets = []
+    for i, item in enumerate(parser.sequence(root.get("markets"), "markets")):
+        where = f"markets[{i}]"
+        entry = parser.mapping(item, where)
+        markets.append(
+            PerpsV2Market(
+                key=parser.string(entry.get("marketKey"), f"{where}.marketKey"),
+                asset=parser.string(entry.get("asset"), f"{where}.asset"),
+                proxy=parser.address(entry.get("proxy"), f"{where}.proxy"),
+                state=parser.address(entry.get("state"), f"{where}.state"),
+                created_block=parser.integer(
+                    entry.get("createdBlockNumber", 0), f"{where}.createdBlockNumber"
+                ),
+            )
+        )
+    if not markets:
+        raise parser.fail("markets is empty: list the market proxies to watch")
+    external = parser.mapping(root.get("externalContracts", {}), "externalContracts")
+
+    def optional(name: str) -> ChecksumAddress | None:
+        return parser.optional_address(external, name, "externalContracts")
+
+    return SynthetixDeployment(
+        chain_id=parser.integer(root.get("chainId"), "chainId"),
+        network=parser.string(root.get("network", "unknown"), "network"),
+        contracts=contracts,
+        markets=tuple(markets),
+        susd=parser.address(external.get("sUSD"), "externalContracts.sUSD"),
+        usdc=optional("USDC"),
+        quoter_v2=optional("QuoterV2"),
+        swap_router=optional("SwapRouter"),
+        multicall3=optional("Multicall3") or DEFAULT_MULTICALL3,
+    )
+
+
 def load_metadata(path: str | Path) -> Deployment:
-    source = Path(path)
+    return parse_metadata(_read_json(Path(path)), str(path))
+
+
+def _read_json(source: Path) -> Any:
     try:
         text = source.read_text()
     except FileNotFoundError:
@@ -106,7 +209,7 @@ def load_metadata(path: str | Path) -> Deployment:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MetadataError(f"metadata file {source} is not JSON: {exc.msg} at line {exc.lineno}") from None
-    return parse_metadata(data, str(source))
+    return data
 
 
 def parse_metadata(data: Any, source: str = "metadata") -> Deployment:
@@ -144,8 +247,7 @@ def parse_metadata(data: Any, source: str = "metadata") -> Deployment:
         )
 
     def optional(name: str) -> ChecksumAddress | None:
-        value = external.get(name)
-        return None if value is None else parser.address(value, f"externalContracts.{name}")
+        return parser.optional_address(external, name, "externalContracts")
 
     return Deployment(
         chain_id=parser.integer(root.get("chainId"), "chainId"),
@@ -195,6 +297,10 @@ class _Parser:
         if not isinstance(value, str) or not is_hex_address(value):
             raise self.fail(f"{where} is not an address: {value!r}")
         return to_checksum_address(value)
+
+    def optional_address(self, section: Mapping[str, Any], name: str, where: str) -> ChecksumAddress | None:
+        value = section.get(name)
+        return None if value is None else self.address(value, f"{where}.{name}")
 
     def contract(self, section: Mapping[str, Any], name: str) -> ContractRef:
         if name not in section:

@@ -17,13 +17,22 @@ from eth_utils.address import to_checksum_address
 from keeper import multicall
 from keeper.config import SettingError
 from keeper.indexer import Indexer, Progress
-from keeper.metadata import Deployment, load_metadata
+from keeper.metadata import (
+    PERP_V2,
+    SYNTHETIX_PERPS_V2,
+    Deployment,
+    SynthetixDeployment,
+    load_metadata,
+    load_synthetix_metadata,
+    metadata_protocol,
+)
 from keeper.multicall import Call, Result
 from keeper.rpc import Rpc, redact
 from keeper.store import Store
 from strategies.perp_v2 import risk
 from strategies.perp_v2.scanner import Reader, Scanner
 from strategies.perp_v2.views import PARAMETER_CONTRACTS, account_sources
+from strategies.synthetix_perps_v2.strategy import account_sources as synthetix_sources
 
 DEFAULT_STATE_DB = Path("state/keeper.sqlite")
 
@@ -69,25 +78,15 @@ async def open_session(
     sweep_blocks: int | None = None,
 ) -> Session:
     """Check the inputs against the chain (chain id, code at the ClearingHouse) and wire a scanner."""
+    if metadata_protocol(metadata_path) != PERP_V2:
+        raise SettingError(
+            f"--metadata: {metadata_path} describes a {SYNTHETIX_PERPS_V2} deployment; this command reads "
+            f"Perp v2 (for Synthetix: perp-keeper run [--dry-run] --protocol {SYNTHETIX_PERPS_V2})"
+        )
     deployment = load_metadata(metadata_path)
-    rpc = Rpc(check_rpc_url(rpc_url))
-    try:
-        chain_id = await rpc.chain_id()
-        if chain_id != deployment.chain_id:
-            raise SettingError(
-                f"--rpc-url: chain id {chain_id} does not match the metadata's {deployment.chain_id} "
-                f"({metadata_path})"
-            )
-        code = await rpc.request("eth_getCode", [deployment.clearing_house, "latest"])
-        if code in (None, "0x", ""):
-            raise SettingError(
-                f"--metadata: no contract at ClearingHouse {deployment.clearing_house} on {redact(rpc_url)}"
-            )
-        store = Store(state_db)
-        store.bind(chain_id, deployment.clearing_house)
-    except BaseException:
-        await rpc.close()
-        raise
+    rpc, store = await connect(
+        rpc_url, deployment.chain_id, deployment.clearing_house, "ClearingHouse", metadata_path, state_db
+    )
     indexer = Indexer(
         rpc,
         store,
@@ -102,6 +101,65 @@ async def open_session(
 
     scanner = Scanner(deployment, indexer, read, **({"sweep_blocks": sweep_blocks} if sweep_blocks else {}))
     return Session(rpc, deployment, store, scanner, read)
+
+
+async def connect(
+    rpc_url: str, chain_id: int, anchor: str, anchor_name: str, metadata_path: Path, state_db: Path | str
+) -> tuple[Rpc, Store]:
+    """The RPC, checked against the metadata (chain id, code at its anchor contract), and the state
+    database bound to that chain and deployment."""
+    rpc = Rpc(check_rpc_url(rpc_url))
+    try:
+        actual = await rpc.chain_id()
+        if actual != chain_id:
+            raise SettingError(
+                f"--rpc-url: chain id {actual} does not match the metadata's {chain_id} ({metadata_path})"
+            )
+        code = await rpc.request("eth_getCode", [anchor, "latest"])
+        if code in (None, "0x", ""):
+            raise SettingError(f"--metadata: no contract at {anchor_name} {anchor} on {redact(rpc_url)}")
+        store = Store(state_db)
+        store.bind(chain_id, anchor)
+    except BaseException:
+        await rpc.close()
+        raise
+    return rpc, store
+
+
+@dataclass
+class SynthetixSession:
+    rpc: Rpc
+    deployment: SynthetixDeployment
+    store: Store
+    indexer: Indexer
+    read: Reader
+
+    async def close(self) -> None:
+        self.store.close()
+        await self.rpc.close()
+
+
+async def open_synthetix_session(
+    rpc_url: str, metadata_path: Path, state_db: Path | str, *, progress: bool = False
+) -> SynthetixSession:
+    """Synthetix Perps V2: the same checks, one log indexer over the market proxies."""
+    deployment = load_synthetix_metadata(metadata_path)
+    rpc, store = await connect(
+        rpc_url, deployment.chain_id, deployment.manager, "FuturesMarketManager", metadata_path, state_db
+    )
+    indexer = Indexer(
+        rpc,
+        store,
+        synthetix_sources(deployment),
+        deployment.start_block,
+        watched=[deployment.settings],
+        progress=_progress_bar if progress else None,
+    )
+
+    async def read(calls: Sequence[Call], block: int) -> list[Result]:
+        return await multicall.execute(rpc, calls, block, multicall=deployment.multicall3)
+
+    return SynthetixSession(rpc, deployment, store, indexer, read)
 
 
 def _progress_bar(p: Progress) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: one real devnet per session, isolated per test with evm_snapshot/evm_revert.
 
-Tests that use the `devnet` fixture (directly or through `chain`) are marked `chain`
+Tests that use the `devnet` fixture (directly or through `chain`), or the Synthetix one (`snx`), are
+marked `chain`
 automatically: `pytest -m chain` selects them, `pytest -m "not chain"` the pure ones.
 """
 
@@ -53,5 +54,5 @@ def traders(devnet: up.Devnet) -> dict[str, Trader]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "devnet" in getattr(item, "fixturenames", ()):
+        if {"devnet", "snx"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.chain)
