@@ -1,12 +1,20 @@
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devnet import toolchain, up
-from keeper.metadata import CORE_CONTRACTS, DEFAULT_MULTICALL3, MetadataError, load_metadata, parse_metadata
+from keeper.metadata import (
+    CORE_CONTRACTS,
+    DEFAULT_MULTICALL3,
+    MetadataError,
+    load_metadata,
+    parse_metadata,
+    parse_synthetix_metadata,
+)
 
 PUBLISHED = toolchain.package_dir(toolchain.PERP_DEPLOYMENTS) / "optimism/core/metadata.json"
 
@@ -114,3 +122,47 @@ def test_missing_and_non_json_files_name_the_file(tmp_path: Path) -> None:
     bad.write_text("{ not json")
     with pytest.raises(MetadataError, match=r"bad.json is not JSON: .* at line 1"):
         load_metadata(bad)
+
+
+def synthetix_metadata() -> dict[str, Any]:
+    ref = {"address": "0x000000000000000000000000000000000000dEaD", "createdBlockNumber": 7}
+    return {
+        "protocol": "synthetix-perps-v2",
+        "chainId": 10,
+        "contracts": {n: ref for n in ("FuturesMarketManager", "PerpsV2MarketSettings", "PerpsV2MarketData")},
+        "markets": [
+            {
+                "marketKey": "sETHPERP",
+                "asset": "sETH",
+                "proxy": "0x2B3bb4c683BFc5239B029131EEf3B1d214478d93",
+                "state": "0x000000000000000000000000000000000000bEEF",
+                "createdBlockNumber": 9,
+            }
+        ],
+        "externalContracts": {"sUSD": "0x8c6f28f2F1A3C87F0f938b96d27520d9751ec8d9"},
+    }
+
+
+def test_synthetix_metadata_reads_markets_and_defaults() -> None:
+    d = parse_synthetix_metadata(synthetix_metadata(), "snx.json")
+    assert d.chain_id == 10
+    assert d.markets[0].key == "sETHPERP"
+    assert d.start_block == 9
+    assert d.multicall3 == DEFAULT_MULTICALL3
+    assert d.quoter_v2 is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("protocol"), 'protocol must be "synthetix-perps-v2"'),
+        (lambda m: m.update(markets=[]), "markets is empty"),
+        (lambda m: m["markets"][0].update(proxy="0x12"), "markets[0].proxy is not an address"),
+        (lambda m: m["externalContracts"].pop("sUSD"), "externalContracts.sUSD is missing"),
+    ],
+)
+def test_synthetix_metadata_errors_name_the_field(change: Any, message: str) -> None:
+    data = synthetix_metadata()
+    change(data)
+    with pytest.raises(MetadataError, match=re.escape(message)):
+        parse_synthetix_metadata(data, "snx.json")

@@ -19,6 +19,14 @@ from devnet import up
 from devnet.scenario import KEEPER_KEY
 
 SECRET_URL = "http://127.0.0.1:9/v2/sEcReTaPiKeY"
+_CORE = {"address": "0x000000000000000000000000000000000000dEaD"}
+SYNTHETIX_WITHOUT_MARKETS = {
+    "protocol": "synthetix-perps-v2",
+    "chainId": 31337,
+    "contracts": {
+        name: _CORE for name in ("FuturesMarketManager", "PerpsV2MarketSettings", "PerpsV2MarketData")
+    },
+}
 
 
 @dataclass
@@ -177,6 +185,32 @@ CASES = [
         ["run", "--once"],
         "KEEPER_QUOTER_V2: not an address",
         {**LIVE, "KEEPER_QUOTER_V2": "0xzz"},
+    ),
+    Case(
+        "protocol the metadata does not describe",
+        ["run", "--once", "--protocol", "synthetix-perps-v2"],
+        "--protocol is synthetix-perps-v2 but",
+        LIVE,
+    ),
+    Case(
+        "unknown protocol",
+        ["run", "--once"],
+        "KEEPER_PROTOCOL: expected one of",
+        {**LIVE, "KEEPER_PROTOCOL": "gmx"},
+    ),
+    Case("sUSD price not a number", ["run", "--once"], "KEEPER_SUSD_USD", {**LIVE, "KEEPER_SUSD_USD": "one"}),
+    Case(
+        "Synthetix metadata given to scan",
+        ["scan"],
+        "describes a synthetix-perps-v2 deployment",
+        prepare=_file("snx.json", json.dumps({"protocol": "synthetix-perps-v2"}), "KEEPER_METADATA"),
+    ),
+    Case(
+        "Synthetix metadata without markets",
+        ["run", "--once"],
+        "markets must be a list",
+        LIVE,
+        prepare=_file("snx.json", json.dumps(SYNTHETIX_WITHOUT_MARKETS), "KEEPER_METADATA"),
     ),
     Case(
         "malformed .env",

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from devnet import up
+from devnet.anvil import Anvil
 from devnet.chain import DEPLOYER, DevChain
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from devnet.synthetix import SynthetixDeployment, bytes32
@@ -290,3 +291,24 @@ def test_dry_run_signs_nothing_and_audits_capped_beside_uncapped(
     simulations = [r for r in records if r["event"] == "simulation" and r["account"] == big["account"]]
     assert [r["step"] for r in simulations] == ["flagPosition", "liquidatePosition"]
     assert simulations[0]["simulation"]["ok"]
+
+
+def test_the_keeper_liquidates_on_a_fork_and_the_origin_is_untouched(
+    snx: up.SynthetixDevnet, snx_chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live-chain path: `run` against `anvil --fork-url` of a node that holds the deployment."""
+    d, s = parts(snx)
+    big = s.traders["eth-long-1000"].address
+    monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
+    with Anvil(fork_url=snx.url) as fork_node:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = cli.main(
+                ["run", "--once", "--rpc-url", fork_node.url, "--metadata", str(snx.metadata_path),
+                 "--state-db", str(tmp_path / "fork.sqlite")]
+            )  # fmt: skip
+        assert code == 0, out.getvalue()
+        fork = DevChain(fork_node.url)
+        forked = fork.w3.eth.contract(address=d.market("sETH").proxy.address, abi=d.market("sETH").proxy.abi)
+        assert forked.functions.positions(big).call()[4] == 0
+    assert size_of(d, "eth-long-1000", big) == 1_000 * UNIT  # the origin never saw a transaction
