@@ -1,5 +1,7 @@
 """`perp-keeper check`: is everything an operator must provide in place? A pass/fail table.
 
+Synthetix Perps V2 metadata gets its own list: oracle prices, a sUSD quote, ETH and endorsement.
+
 Connectivity and chain id, code at every metadata address, the keeper's ETH for gas, wallet USDC and
 the Vault's allowance (collateral liquidations repay from the wallet), Vault free collateral (position
 takeovers need initial margin), and the protocol's price oracle answering.
@@ -8,13 +10,22 @@ takeovers need initial margin), and the protocol's price oracle answering.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
 from eth_abi.abi import decode
 
-from keeper.metadata import Deployment, load_metadata
+from keeper.metadata import (
+    SYNTHETIX_PERPS_V2,
+    Deployment,
+    SynthetixDeployment,
+    load_metadata,
+    load_synthetix_metadata,
+    metadata_protocol,
+)
 from keeper.multicall import encode_call
+from keeper.quotes import QuoteError, UniswapV3
 from keeper.rpc import Rpc, RpcError, redact
 
 MIN_ETH_WEI = 10**16  # 0.01 ETH: a few hundred liquidations on Optimism
@@ -29,34 +40,12 @@ class Check:
 
 
 async def run_checks(rpc: Rpc, deployment: Deployment, keeper: str | None) -> list[Check]:
-    checks: list[Check] = []
-    chain_id = await rpc.chain_id()  # unreachable: RpcUnavailableError, a one-line exit 2 upstream
-    checks.append(
-        Check(
-            "RPC and chain id",
-            chain_id == deployment.chain_id,
-            f"{redact(rpc.url)} answers chain id {chain_id}; the metadata says {deployment.chain_id}",
-        )
-    )
     named = {name: ref.address for name, ref in deployment.contracts.items()}
     named.update({"USDC": deployment.usdc, "Multicall3": deployment.multicall3})
     for market in deployment.markets:
         named.update({market.base_symbol: market.base_token, f"{market.base_symbol} pool": market.pool})
     named.update({c.symbol: c.address for c in deployment.collaterals})
-    codes = await rpc.batch([("eth_getCode", [address, "latest"]) for address in named.values()])
-    missing = [
-        name
-        for name, code in zip(named, codes, strict=True)
-        if code in (None, "0x", "") or isinstance(code, RpcError)
-    ]
-    checks.append(
-        Check(
-            "code at every metadata address",
-            not missing,
-            f"{len(named) - len(missing)}/{len(named)} have code"
-            + (f"; missing: {', '.join(missing)}" if missing else ""),
-        )
-    )
+    checks = await _chain_and_code(rpc, deployment.chain_id, named)
     eth_market = next((m.base_token for m in deployment.markets if m.base_symbol in ("vETH", "ETH")), None)
     if eth_market is not None:
         try:
@@ -93,6 +82,74 @@ async def run_checks(rpc: Rpc, deployment: Deployment, keeper: str | None) -> li
     return checks
 
 
+async def _chain_and_code(rpc: Rpc, chain_id: int, named: Mapping[str, str]) -> list[Check]:
+    """The RPC answers the metadata's chain, and every address the metadata names holds code."""
+    actual = await rpc.chain_id()  # unreachable: RpcUnavailableError, a one-line exit 2 upstream
+    checks = [
+        Check(
+            "RPC and chain id",
+            actual == chain_id,
+            f"{redact(rpc.url)} answers chain id {actual}; the metadata says {chain_id}",
+        )
+    ]
+    codes = await rpc.batch([("eth_getCode", [address, "latest"]) for address in named.values()])
+    missing = [
+        name
+        for name, code in zip(named, codes, strict=True)
+        if code in (None, "0x", "") or isinstance(code, RpcError)
+    ]
+    checks.append(
+        Check(
+            "code at every metadata address",
+            not missing,
+            f"{len(named) - len(missing)}/{len(named)} have code"
+            + (f"; missing: {', '.join(missing)}" if missing else ""),
+        )
+    )
+    return checks
+
+
+async def run_synthetix_checks(rpc: Rpc, d: SynthetixDeployment, keeper: str | None) -> list[Check]:
+    """Synthetix Perps V2: the markets' oracle prices, a sUSD quote, the keeper's ETH and endorsement."""
+    named: dict[str, str] = {name: ref.address for name, ref in d.contracts.items()}
+    named.update({"sUSD": d.susd, "Multicall3": d.multicall3})
+    for m in d.markets:
+        named.update({f"{m.key} proxy": m.proxy, f"{m.key} state": m.state})
+    named.update({k: v for k, v in (("USDC", d.usdc), ("QuoterV2", d.quoter_v2)) if v is not None})
+    checks = await _chain_and_code(rpc, d.chain_id, named)
+    answers = await rpc.calls_at([(m.proxy, encode_call("assetPrice()")) for m in d.markets], "latest")
+    bad = [
+        m.key
+        for m, answer in zip(d.markets, answers, strict=True)
+        if isinstance(answer, RpcError) or decode(["uint256", "bool"], answer)[1]
+    ]
+    checks.append(
+        Check("oracle prices", not bad, f"invalid: {', '.join(bad)}" if bad else "every market's is valid")
+    )
+    if d.quoter_v2 is None or d.usdc is None:
+        checks.append(Check("sUSD quote", False, "no QuoterV2 / USDC in the metadata: set KEEPER_SUSD_USD"))
+    else:
+        try:
+            quoter = UniswapV3(rpc, d.quoter_v2, d.quoter_v2)
+            quote = await quoter.quote(d.susd, d.usdc, 1_000 * 10**18, d.susd, 0)
+            checks.append(Check("sUSD quote", True, f"1,000 sUSD -> {quote.buy_amount:,} USDC units"))
+        except (QuoteError, RpcError) as exc:
+            checks.append(Check("sUSD quote", False, f"{exc}: set KEEPER_SUSD_USD to value sUSD"))
+    if keeper is None:
+        checks.append(Check("keeper key", False, "no key: set KEEPER_PRIVATE_KEY, _FILE or KEEPER_KEYSTORE"))
+        return checks
+    balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
+    checks.append(Check("ETH for gas", balance >= MIN_ETH_WEI, f"{balance / 10**18:.4f} ETH (want >= 0.01)"))
+    (endorsed,) = decode(["bool"], await rpc.call(d.manager, encode_call("isEndorsed(address)", keeper)))
+    detail = (
+        "endorsed: forceLiquidatePosition is open to the keeper"
+        if endorsed
+        else "not endorsed: positions only forceLiquidatePosition can take are skipped"
+    )
+    checks.append(Check("endorsement (information)", True, detail))
+    return checks
+
+
 async def _uint(rpc: Rpc, to: str, signature: str, *args: object) -> int:
     (value,) = decode(["uint256"], await rpc.call(to, encode_call(signature, *args)))
     return int(value)
@@ -107,8 +164,14 @@ def write_table(checks: list[Check], out: TextIO = sys.stdout) -> None:
 
 
 async def main(rpc_url: str, metadata_path: object, keeper: str | None, out: TextIO = sys.stdout) -> int:
-    deployment = load_metadata(str(metadata_path))
+    synthetix = metadata_protocol(str(metadata_path)) == SYNTHETIX_PERPS_V2
+    snx = load_synthetix_metadata(str(metadata_path)) if synthetix else None
+    perp = None if synthetix else load_metadata(str(metadata_path))
     async with Rpc(rpc_url, attempts=2) as rpc:
-        checks = await run_checks(rpc, deployment, keeper)
+        if snx is not None:
+            checks = await run_synthetix_checks(rpc, snx, keeper)
+        else:
+            assert perp is not None
+            checks = await run_checks(rpc, perp, keeper)
     write_table(checks, out)
     return 0 if all(c.ok for c in checks) else 1

@@ -312,3 +312,15 @@ def test_the_keeper_liquidates_on_a_fork_and_the_origin_is_untouched(
         forked = fork.w3.eth.contract(address=d.market("sETH").proxy.address, abi=d.market("sETH").proxy.abi)
         assert forked.functions.positions(big).call()[4] == 0
     assert size_of(d, "eth-long-1000", big) == 1_000 * UNIT  # the origin never saw a transaction
+
+
+def test_check_passes_on_the_synthetix_devnet(
+    snx: up.SynthetixDevnet, snx_chain: DevChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli.main(["check", "--rpc-url", snx.url, "--metadata", str(snx.metadata_path)])
+    assert code == 0, out.getvalue()
+    assert "sUSD quote" in out.getvalue()
+    assert "not endorsed" in out.getvalue()
