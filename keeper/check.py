@@ -55,11 +55,9 @@ async def run_checks(rpc: Rpc, deployment: Deployment, keeper: str | None) -> li
             checks.append(Check("price oracle", price > 0, f"vETH index {price / 10**18:,.2f} USD"))
         except RpcError as exc:
             checks.append(Check("price oracle", False, f"vETH getIndexPrice reverted: {exc.message}"))
+    checks.append(await _keeper_gas(rpc, keeper))
     if keeper is None:
-        checks.append(Check("keeper key", False, "no key: set KEEPER_PRIVATE_KEY, _FILE or KEEPER_KEYSTORE"))
         return checks
-    balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
-    checks.append(Check("ETH for gas", balance >= MIN_ETH_WEI, f"{balance / 10**18:.4f} ETH (want >= 0.01)"))
     wallet = await _uint(rpc, deployment.usdc, "balanceOf(address)", keeper)
     allowance = await _uint(rpc, deployment.usdc, "allowance(address,address)", keeper, deployment.vault)
     checks.append(Check("wallet USDC (collateral repayments)", wallet > 0, f"{wallet / 10**6:,.2f} USDC"))
@@ -135,11 +133,9 @@ async def run_synthetix_checks(rpc: Rpc, d: SynthetixDeployment, keeper: str | N
             checks.append(Check("sUSD quote", True, f"1,000 sUSD -> {quote.buy_amount:,} USDC units"))
         except (QuoteError, RpcError) as exc:
             checks.append(Check("sUSD quote", False, f"{exc}: set KEEPER_SUSD_USD to value sUSD"))
+    checks.append(await _keeper_gas(rpc, keeper))
     if keeper is None:
-        checks.append(Check("keeper key", False, "no key: set KEEPER_PRIVATE_KEY, _FILE or KEEPER_KEYSTORE"))
         return checks
-    balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
-    checks.append(Check("ETH for gas", balance >= MIN_ETH_WEI, f"{balance / 10**18:.4f} ETH (want >= 0.01)"))
     (endorsed,) = decode(["bool"], await rpc.call(d.manager, encode_call("isEndorsed(address)", keeper)))
     detail = (
         "endorsed: forceLiquidatePosition is open to the keeper"
@@ -148,6 +144,13 @@ async def run_synthetix_checks(rpc: Rpc, d: SynthetixDeployment, keeper: str | N
     )
     checks.append(Check("endorsement (information)", True, detail))
     return checks
+
+
+async def _keeper_gas(rpc: Rpc, keeper: str | None) -> Check:
+    if keeper is None:
+        return Check("keeper key", False, "no key: set KEEPER_PRIVATE_KEY, _FILE or KEEPER_KEYSTORE")
+    balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
+    return Check("ETH for gas", balance >= MIN_ETH_WEI, f"{balance / 10**18:.4f} ETH (want >= 0.01)")
 
 
 async def _uint(rpc: Rpc, to: str, signature: str, *args: object) -> int:

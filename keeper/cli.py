@@ -31,6 +31,20 @@ def _connection_args(command: argparse.ArgumentParser, state_db: bool) -> None:
         command.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
 
 
+def _devnet_args(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--protocol",
+        default="perp-v2",
+        choices=("perp-v2", "synthetix-perps-v2"),
+        help="which protocol's contracts the devnet runs (default perp-v2)",
+    )
+    command.add_argument(
+        "--scenario",
+        default=None,
+        help="perp-v2: all-kinds (default) or empty; synthetix-perps-v2: liquidations (default) or empty",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="perp-keeper",
@@ -46,17 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start anvil, deploy the real Perp v2 (or Synthetix Perps V2) contracts, build a "
         "scenario, write the deployment metadata, print the accounts at risk, and serve until interrupted.",
     )
-    up.add_argument(
-        "--protocol",
-        default="perp-v2",
-        choices=("perp-v2", "synthetix-perps-v2"),
-        help="which protocol to deploy (default perp-v2)",
-    )
-    up.add_argument(
-        "--scenario",
-        default=None,
-        help="perp-v2: all-kinds (default) or empty; synthetix-perps-v2: liquidations (default) or empty",
-    )
+    _devnet_args(up)
     up.add_argument("--port", type=_port, default=0, help="RPC port (default: a free one)")
     up.add_argument("--out-dir", type=Path, default=Path("state/devnet"), help="where metadata.json goes")
     up.add_argument("--state-out", type=Path, help="also write an anvil state dump (for anvil --load-state)")
@@ -69,17 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "liquidatable, run the keeper once (live with the devnet's keeper account, or --dry-run), and show "
         "what it did and what is left.",
     )
-    demo.add_argument(
-        "--protocol",
-        default="perp-v2",
-        choices=("perp-v2", "synthetix-perps-v2"),
-        help="which protocol's devnet (default perp-v2)",
-    )
-    demo.add_argument(
-        "--scenario",
-        default=None,
-        help="perp-v2: all-kinds (default) or empty; synthetix-perps-v2: liquidations (default) or empty",
-    )
+    _devnet_args(demo)
     demo.add_argument("--dry-run", action="store_true", help="simulate and audit only; nothing is sent")
     demo.add_argument(
         "--out-dir", type=Path, default=Path("state/demo"), help="metadata, state db, audit log"

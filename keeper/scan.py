@@ -95,9 +95,7 @@ async def open_session(
         watched=[deployment.address(name) for name in PARAMETER_CONTRACTS],
         progress=_progress_bar if progress else None,
     )
-
-    async def read(calls: Sequence[Call], block: int) -> list[Result]:
-        return await multicall.execute(rpc, calls, block, multicall=deployment.multicall3)
+    read = multicall_reader(rpc, deployment.multicall3)
 
     scanner = Scanner(deployment, indexer, read, **({"sweep_blocks": sweep_blocks} if sweep_blocks else {}))
     return Session(rpc, deployment, store, scanner, read)
@@ -155,11 +153,18 @@ async def open_synthetix_session(
         watched=[deployment.settings],
         progress=_progress_bar if progress else None,
     )
-
-    async def read(calls: Sequence[Call], block: int) -> list[Result]:
-        return await multicall.execute(rpc, calls, block, multicall=deployment.multicall3)
+    read = multicall_reader(rpc, deployment.multicall3)
 
     return SynthetixSession(rpc, deployment, store, indexer, read)
+
+
+def multicall_reader(rpc: Rpc, multicall3: str) -> Reader:
+    """Views at a pinned block, batched through the deployment's Multicall3."""
+
+    async def read(calls: Sequence[Call], block: int) -> list[Result]:
+        return await multicall.execute(rpc, calls, block, multicall=multicall3)
+
+    return read
 
 
 def _progress_bar(p: Progress) -> None:

@@ -98,6 +98,14 @@ def test_devnet_wires_the_real_markets_as_synthetix_does(
         router = d[f"{market.key}:proxy"].functions  # ProxyPerpsV2's own functions
         assert len(router.getAllTargets().call()) == 5  # every implementation routed
         assert market.proxy.functions.marketKey().call() == bytes32(market.key)
+    # PerpsV2MarketData answers through the resolver: the launch fee parameters
+    minimum_margin, ratio, min_fee, max_fee = d["PerpsV2MarketData"].functions.globals().call()
+    assert (minimum_margin, ratio, min_fee, max_fee) == (
+        40 * UNIT,
+        35 * UNIT // 10_000,
+        2 * UNIT,
+        1_000 * UNIT,
+    )
     metadata = json.loads(snx.metadata_path.read_text())
     assert metadata["protocol"] == "synthetix-perps-v2"
     assert set(metadata["contracts"]) >= {

@@ -94,7 +94,6 @@ class SynthetixPerpsV2:
         self.params: dict[str, fees.FeeParams] | None = None
         self.markets: dict[str, MarketState] = {}
         self.positions: list[Position] = []
-        self.block = 0
         self.eth_market = next((m.proxy for m in deployment.markets if m.asset == "sETH"), None)
         self._usdc_decimals: int | None = None
 
@@ -108,7 +107,6 @@ class SynthetixPerpsV2:
         self.markets = await read_markets(self.read, self.d, self.params, block)
         pairs = sorted((k.split(":", 1)[0], k.split(":", 1)[1]) for k in self.indexer.known if ":" in k)
         self.positions = await read_positions(self.read, self.markets, pairs, block)
-        self.block = block
 
     def opportunities(self) -> list[Position]:
         return sorted(self.positions, key=lambda p: (-p.notional, p.market, p.account))
