@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 
 from devnet import up
-from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY, Trader
+from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from devnet.synthetix import SynthetixDeployment
 from keeper import run
 from keeper.metadata import PERP_V2, SYNTHETIX_PERPS_V2
@@ -60,26 +59,13 @@ async def main(scenario: str | None, out_dir: Path, dry_run: bool = False, proto
 
 async def _report(net: up.Devnet | up.SynthetixDevnet, out_dir: Path) -> int:
     if isinstance(net.deployment, SynthetixDeployment):
-        await asyncio.to_thread(up.risk_report, net)
-        return await asyncio.to_thread(_synthetix_left, net.deployment, net.scenario.traders.values())
+        return await asyncio.to_thread(up.synthetix_report, net.deployment, net.scenario.traders.values())
     session = await open_session(net.url, net.metadata_path, _fresh(out_dir / "scan.sqlite"))
     try:
         found = await report(session, False, sys.stdout)
         return sum(1 for op in found if op.liquidatable)
     finally:
         await session.close()
-
-
-def _synthetix_left(d: SynthetixDeployment, traders: Iterable[Trader]) -> int:
-    """Open positions that are liquidatable or flagged (the oversized one stays: endorsed keepers only)."""
-    left = 0
-    for trader in traders:
-        for market in d.markets.values():
-            views = market.proxy.functions
-            if views.positions(trader.address).call()[4] == 0:
-                continue
-            left += views.canLiquidate(trader.address).call() or views.isFlagged(trader.address).call()
-    return left
 
 
 def _fresh(path: Path) -> Path:

@@ -169,8 +169,10 @@ def risk_report(devnet: Devnet | SynthetixDevnet, out: TextIO = sys.stdout) -> N
         )
 
 
-def synthetix_report(d: SynthetixDeployment, traders: Iterable[Trader], out: TextIO = sys.stdout) -> None:
-    """Every scenario position in every market, from the market proxies' own views."""
+def synthetix_report(d: SynthetixDeployment, traders: Iterable[Trader], out: TextIO = sys.stdout) -> int:
+    """Every scenario position in every market, from the market proxies' own views; returns how many
+    are liquidatable or flagged."""
+    waiting = 0
     print(
         f"{'account':<22} {'address':<42} {'market':<9} {'size':>10} {'margin':>12} {'flag fee':>10}  state",
         file=out,
@@ -185,12 +187,14 @@ def synthetix_report(d: SynthetixDeployment, traders: Iterable[Trader], out: Tex
             fee = views.liquidationFee(trader.address).call()
             state = "flagged" if views.isFlagged(trader.address).call() else ""
             state = state or ("liquidatable" if views.canLiquidate(trader.address).call() else "-")
+            waiting += state != "-"
             size_, margin_, fee_ = (_decimal(Fraction(x, 10**18)) for x in (size, margin, fee))
             print(
                 f"{trader.label:<22} {trader.address:<42} {market.key:<9} {size_:>10.4f} "
                 f"{margin_:>12,.2f} {fee_:>10,.2f}  {state}",
                 file=out,
             )
+    return waiting
 
 
 def _decimal(value: Fraction) -> Decimal:

@@ -9,6 +9,7 @@ takeovers need initial margin), and the protocol's price oracle answering.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -124,11 +125,11 @@ async def run_synthetix_checks(rpc: Rpc, d: SynthetixDeployment, keeper: str | N
     checks.append(
         Check("oracle prices", not bad, f"invalid: {', '.join(bad)}" if bad else "every market's is valid")
     )
-    if d.quoter_v2 is None or d.usdc is None:
-        checks.append(Check("sUSD quote", False, "no QuoterV2 / USDC in the metadata: set KEEPER_SUSD_USD"))
+    if d.usdc is None:
+        checks.append(Check("sUSD quote", False, "no USDC in the metadata: set KEEPER_SUSD_USD"))
     else:
         try:
-            quoter = UniswapV3(rpc, d.quoter_v2, d.quoter_v2)
+            quoter = UniswapV3.configured(rpc, d.quoter_v2, d.swap_router, os.environ)
             quote = await quoter.quote(d.susd, d.usdc, 1_000 * 10**18, d.susd, 0)
             checks.append(Check("sUSD quote", True, f"1,000 sUSD -> {quote.buy_amount:,} USDC units"))
         except (QuoteError, RpcError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from eth_utils.address import is_address, to_checksum_address
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
+from keeper.config import address
 from keeper.multicall import encode_call
 from keeper.rpc import Rpc, RpcError
 
@@ -248,6 +249,15 @@ class UniswapV3:
             fetched_at=time.monotonic(),
             fee_tier=fee,
         )
+
+    @classmethod
+    def configured(
+        cls, rpc: Rpc, quoter_v2: str | None, swap_router: str | None, env: Mapping[str, str]
+    ) -> UniswapV3:
+        """KEEPER_QUOTER_V2 / KEEPER_SWAP_ROUTER, else the deployment's, else OP Mainnet's."""
+        quoter = env.get("KEEPER_QUOTER_V2") or quoter_v2 or OPTIMISM_QUOTER_V2
+        router = env.get("KEEPER_SWAP_ROUTER") or swap_router or OPTIMISM_SWAP_ROUTER
+        return cls(rpc, address(quoter, "KEEPER_QUOTER_V2"), address(router, "KEEPER_SWAP_ROUTER"))
 
     def swap_calldata(self, quote: Quote, recipient: str, slippage_bps: int) -> bytes:
         assert quote.fee_tier is not None

@@ -23,8 +23,6 @@ from keeper.metrics import Metrics, configure_logging
 from keeper.multicall import encode_call
 from keeper.profit import usd_text
 from keeper.quotes import (
-    OPTIMISM_QUOTER_V2,
-    OPTIMISM_SWAP_ROUTER,
     HttpAggregator,
     OneInch,
     QuoteSource,
@@ -208,11 +206,7 @@ def _synthetix_wiring(
     session: SynthetixSession, settings: config.RunSettings, env: Mapping[str, str]
 ) -> Wiring:
     d = session.deployment
-    quoter = env.get("KEEPER_QUOTER_V2") or d.quoter_v2 or OPTIMISM_QUOTER_V2
-    router = env.get("KEEPER_SWAP_ROUTER") or d.swap_router or OPTIMISM_SWAP_ROUTER
-    quote = UniswapV3(
-        session.rpc, config.address(quoter, "KEEPER_QUOTER_V2"), config.address(router, "KEEPER_SWAP_ROUTER")
-    )
+    quote = UniswapV3.configured(session.rpc, d.quoter_v2, d.swap_router, env)
     strategy = SynthetixPerpsV2(
         d,
         session.indexer,
@@ -242,12 +236,8 @@ def quote_sources(
 ) -> list[QuoteSource]:
     """Uniswap v3 on chain always; an aggregator when its API key or URL is configured."""
     env = os.environ if env is None else env
-    quoter = env.get("KEEPER_QUOTER_V2") or deployment.quoter_v2 or OPTIMISM_QUOTER_V2
-    router = env.get("KEEPER_SWAP_ROUTER") or deployment.swap_router or OPTIMISM_SWAP_ROUTER
     sources: list[QuoteSource] = [
-        UniswapV3(
-            rpc, config.address(quoter, "KEEPER_QUOTER_V2"), config.address(router, "KEEPER_SWAP_ROUTER")
-        )
+        UniswapV3.configured(rpc, deployment.quoter_v2, deployment.swap_router, env)
     ]
     for name, kind, default_url in (
         ("0X", ZeroEx, "https://api.0x.org"),

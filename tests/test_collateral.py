@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from devnet import up
 from devnet.chain import DevChain
 from devnet.fake_aggregator import FakeAggregators
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
-from keeper import cli, quotes
+from keeper import quotes
 from keeper.audit import AuditLog
 from keeper.engine import Engine
 from keeper.profit import X18
@@ -24,6 +22,7 @@ from keeper.quotes import OneInch, QuoteSource, UniswapV3, ZeroEx
 from keeper.scan import Session
 from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+from tests.helpers import run_once
 
 WETH_ACCOUNTS = ("weth-leveraged", "weth-debt-threshold", "weth-debt-ratio")
 
@@ -77,14 +76,9 @@ def test_run_once_liquidates_positions_then_collateral_and_sells_it_for_more_usd
     assert all(vault_liquidatable(devnet, label) for label in WETH_ACCOUNTS)
     usdc_before, weth_before = wallet(devnet, "USDC"), wallet(devnet, "WETH9")
     audit = tmp_path / "audit.jsonl"
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = cli.main(
-            ["run", "--once", "--rpc-url", devnet.url, "--metadata", str(devnet.metadata_path),
-             "--state-db", str(tmp_path / "s.sqlite"), "--audit-log", str(audit)]
-        )  # fmt: skip
-    assert code == 0, out.getvalue()
-    assert not any(vault_liquidatable(devnet, label) for label in WETH_ACCOUNTS), out.getvalue()
+    code, out = run_once(devnet.url, devnet.metadata_path, tmp_path / "s.sqlite", "--audit-log", str(audit))
+    assert code == 0, out
+    assert not any(vault_liquidatable(devnet, label) for label in WETH_ACCOUNTS), out
     assert wallet(devnet, "WETH9") == weth_before  # every seized WETH was sold
     assert wallet(devnet, "USDC") > usdc_before
     assert fake.requests["0x"] > 0

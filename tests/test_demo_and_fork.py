@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from devnet import up
 from devnet.anvil import Anvil
 from devnet.chain import DevChain
 from devnet.scenario import KEEPER_KEY
-from keeper import cli
+from tests.helpers import run_once
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,13 +55,8 @@ def test_the_keeper_liquidates_on_a_fork_and_the_origin_is_untouched(
     monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
     with Anvil(fork_url=devnet.url) as fork_node:
         fork = DevChain(fork_node.url)
-        out = io.StringIO()
-        with redirect_stdout(out):
-            code = cli.main(
-                ["run", "--once", "--rpc-url", fork_node.url, "--metadata", str(devnet.metadata_path),
-                 "--state-db", str(tmp_path / "fork.sqlite")]
-            )  # fmt: skip
-        assert code == 0, out.getvalue()
-        assert " executed" in out.getvalue()
+        code, out = run_once(fork_node.url, devnet.metadata_path, tmp_path / "fork.sqlite")
+        assert code == 0, out
+        assert " executed" in out
         assert liquidatable(fork, devnet) == set()
     assert liquidatable(chain, devnet) == before  # the origin never saw a transaction

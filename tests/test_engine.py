@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -11,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import httpx
@@ -24,6 +22,7 @@ from devnet.chain import DevChain
 from devnet.proxy import RpcProxy
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from keeper import cli
+from tests.helpers import run_once
 
 
 def keeper_value(devnet: up.Devnet) -> int:
@@ -53,22 +52,7 @@ def liquidatable(devnet: up.Devnet) -> set[str]:
 
 
 def run(url: str, devnet: up.Devnet, tmp_path: Path, *extra: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = cli.main(
-            [
-                "run",
-                "--once",
-                "--rpc-url",
-                url,
-                "--metadata",
-                str(devnet.metadata_path),
-                "--state-db",
-                str(tmp_path / "keeper.sqlite"),
-                *extra,
-            ]
-        )
-    return code, out.getvalue()
+    return run_once(url, devnet.metadata_path, tmp_path / "keeper.sqlite", *extra)
 
 
 def test_hold_policy_liquidates_every_position_largest_first_and_gains(

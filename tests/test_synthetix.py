@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ from devnet.chain import DEPLOYER, DevChain
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from devnet.synthetix import SynthetixDeployment, bytes32
 from devnet.synthetix_scenario import FLAG_AND_LIQUIDATE, FORCE_ONLY, LIQUIDATE_ONLY, SynthetixScenario
-from keeper import cli
 from keeper.scan import SynthetixSession, open_synthetix_session
 from strategies.synthetix_perps_v2.strategy import SynthetixPerpsV2, SynthetixSettings
 from strategies.synthetix_perps_v2.views import Position
+from tests.helpers import cli_output, run_once
 
 UNIT = 10**18
 
@@ -56,22 +54,7 @@ def size_of(d: SynthetixDeployment, label: str, address: str) -> int:
 
 
 def run(net: up.SynthetixDevnet, tmp_path: Path, *extra: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = cli.main(
-            [
-                "run",
-                "--once",
-                "--rpc-url",
-                net.url,
-                "--metadata",
-                str(net.metadata_path),
-                "--state-db",
-                str(tmp_path / "keeper.sqlite"),
-                *extra,
-            ]
-        )
-    return code, out.getvalue()
+    return run_once(net.url, net.metadata_path, tmp_path / "keeper.sqlite", *extra)
 
 
 def liquidations(d: SynthetixDeployment, from_block: int) -> list[dict[str, Any]]:
@@ -309,13 +292,8 @@ def test_the_keeper_liquidates_on_a_fork_and_the_origin_is_untouched(
     big = s.traders["eth-long-1000"].address
     monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
     with Anvil(fork_url=snx.url) as fork_node:
-        out = io.StringIO()
-        with redirect_stdout(out):
-            code = cli.main(
-                ["run", "--once", "--rpc-url", fork_node.url, "--metadata", str(snx.metadata_path),
-                 "--state-db", str(tmp_path / "fork.sqlite")]
-            )  # fmt: skip
-        assert code == 0, out.getvalue()
+        code, out = run_once(fork_node.url, snx.metadata_path, tmp_path / "fork.sqlite")
+        assert code == 0, out
         fork = DevChain(fork_node.url)
         forked = fork.w3.eth.contract(address=d.market("sETH").proxy.address, abi=d.market("sETH").proxy.abi)
         assert forked.functions.positions(big).call()[4] == 0
@@ -326,9 +304,7 @@ def test_check_passes_on_the_synthetix_devnet(
     snx: up.SynthetixDevnet, snx_chain: DevChain, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
-    out = io.StringIO()
-    with redirect_stdout(out):
-        code = cli.main(["check", "--rpc-url", snx.url, "--metadata", str(snx.metadata_path)])
-    assert code == 0, out.getvalue()
-    assert "sUSD quote" in out.getvalue()
-    assert "not endorsed" in out.getvalue()
+    code, out = cli_output("check", "--rpc-url", snx.url, "--metadata", str(snx.metadata_path))
+    assert code == 0, out
+    assert "sUSD quote" in out
+    assert "not endorsed" in out

@@ -252,7 +252,7 @@ class SynthetixPerpsV2:
         """sUSD -> USD at a sUSD->USDC quote for this very amount; the operator's fixed price if none."""
         if amount == 0:
             return _Valuation(0, 0, {"reward_usd_source": "nothing to value"})
-        error = "no sUSD quote source (the metadata has no QuoterV2 / USDC)"
+        error = "no sUSD quote source (no USDC in the metadata)"
         if self.susd_quote is not None and self.d.usdc is not None:
             try:
                 quote = await self.susd_quote.quote(self.d.susd, self.d.usdc, amount, liquidator, 0)
