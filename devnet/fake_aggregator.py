@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from web3 import Web3
 
-from keeper.multicall import encode_call
+from keeper.codec import encode_call
 from keeper.quotes import DEADLINE, EXACT_INPUT_SINGLE, QUOTE_EXACT_INPUT_SINGLE
 
 SPOT_FEE = 500

@@ -17,6 +17,8 @@ from typing import TextIO
 
 from eth_abi.abi import decode
 
+from keeper.codec import encode_call
+from keeper.errors import QuoteError, RpcError
 from keeper.metadata import (
     SYNTHETIX_PERPS_V2,
     Deployment,
@@ -25,9 +27,8 @@ from keeper.metadata import (
     load_synthetix_metadata,
     metadata_protocol,
 )
-from keeper.multicall import encode_call
-from keeper.quotes import QuoteError, UniswapV3
-from keeper.rpc import Rpc, RpcError, redact
+from keeper.quotes import UniswapV3
+from keeper.rpc import Rpc, redact
 
 MIN_ETH_WEI = 10**16  # 0.01 ETH: a few hundred liquidations on Optimism
 MIN_FREE_COLLATERAL = 1_000 * 10**6  # USDC, 6 dp

@@ -221,10 +221,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _guarded(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run an async command; operator mistakes become one line and exit code 2, never a traceback."""
-    from keeper.config import SettingError
-    from keeper.metadata import MetadataError
-    from keeper.rpc import RpcError, RpcUnavailableError
-    from keeper.store import StoreError
+    from keeper.errors import MetadataError, RpcError, RpcUnavailableError, SettingError, StoreError
 
     try:
         return asyncio.run(command())
@@ -239,7 +236,8 @@ def _guarded(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "devnet":
-        from keeper.config import SettingError, load_dotenv
+        from keeper.config import load_dotenv
+        from keeper.errors import SettingError
 
         try:
             load_dotenv()

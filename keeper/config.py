@@ -16,13 +16,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
 
+from keeper.errors import SettingError
 from keeper.metadata import PROTOCOLS, metadata_protocol
 
 X18 = 10**18
-
-
-class SettingError(ValueError):
-    """Bad operator input: the message names the setting and the problem, never a secret."""
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keeper.audit import AuditLog
+from keeper.errors import RpcError
 from keeper.metrics import Metrics
-from keeper.rpc import BlockHeader, Rpc, RpcError
+from keeper.rpc import BlockHeader, Rpc
 from keeper.tx import TxManager, TxOutcome, TxRequest, revert_reason
 from strategies.base import Opportunity, Plan, Strategy
 

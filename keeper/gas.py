@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from eth_abi.abi import decode
 
-from keeper.multicall import encode_call
+from keeper.codec import encode_call
+from keeper.errors import RpcError
 from keeper.profit import GasPrice, TxCost, tx_cost
-from keeper.rpc import BlockId, Rpc, RpcError
+from keeper.rpc import BlockId, Rpc
 
 GAS_PRICE_ORACLE = "0x420000000000000000000000000000000000000F"
 GWEI = 10**9

@@ -20,7 +20,8 @@ from typing import Any
 
 from eth_utils.address import to_checksum_address
 
-from keeper.rpc import BlockHeader, Rpc, RpcError, RpcUnavailableError
+from keeper.errors import ReorgDuringSyncError, RpcError, RpcUnavailableError
+from keeper.rpc import BlockHeader, Rpc
 from keeper.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,6 @@ class SyncResult:
     touched: set[str] = field(default_factory=set)  # accounts named by a log in the blocks just read
     watched_changed: bool = False  # a watched contract (protocol parameters) logged something
     rolled_back_to: int | None = None
-
-
-class ReorgDuringSyncError(RuntimeError):
-    """Logs came from a block that is no longer the head's ancestor; the next sync heals it."""
 
 
 class Indexer:

@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from web3 import AsyncWeb3, WebSocketProvider
 
-from keeper.rpc import BlockHeader, Rpc, RpcError, RpcUnavailableError, parse_header
+from keeper.errors import RpcError, RpcUnavailableError
+from keeper.rpc import BlockHeader, Rpc, parse_header
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from typing import Any
 from eth_typing import ChecksumAddress
 from eth_utils.address import is_hex_address, to_checksum_address
 
+from keeper.errors import MetadataError
+
 # Multicall3 lives at this address on Optimism and most chains; the devnet installs it there too.
 DEFAULT_MULTICALL3 = to_checksum_address("0xcA11bde05977b3631167028862bE2a173976CA11")
 
@@ -39,10 +41,6 @@ PERP_V2 = "perp-v2"
 SYNTHETIX_PERPS_V2 = "synthetix-perps-v2"
 PROTOCOLS = (PERP_V2, SYNTHETIX_PERPS_V2)
 SYNTHETIX_CORE_CONTRACTS = ("FuturesMarketManager", "PerpsV2MarketSettings", "PerpsV2MarketData")
-
-
-class MetadataError(ValueError):
-    """The metadata file is missing or malformed; the message names the file and field."""
 
 
 @dataclass(frozen=True)

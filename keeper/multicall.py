@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from eth_abi.abi import decode, encode
-from eth_utils.abi import function_signature_to_4byte_selector
+
+from keeper.codec import encode_call
+from keeper.errors import CallFailedError
 
 if TYPE_CHECKING:
     from keeper.rpc import BlockId, Rpc
@@ -49,19 +51,6 @@ class Result:
         if not self.ok:
             raise CallFailedError(self.revert_data)
         return self.value[0]
-
-
-class CallFailedError(RuntimeError):
-    def __init__(self, revert_data: bytes) -> None:
-        super().__init__(f"call reverted: {decode_revert(revert_data)}")
-        self.revert_data = revert_data
-
-
-def encode_call(signature: str, *args: Any) -> bytes:
-    """Calldata of `signature` like "liquidate(address,address,int256)" with `args`."""
-    inputs = signature[signature.index("(") + 1 : -1]
-    types = list(_split_types(inputs)) if inputs else []
-    return function_signature_to_4byte_selector(signature) + encode(types, list(args))
 
 
 def encode_aggregate3(calls: Sequence[Call]) -> bytes:
@@ -136,28 +125,3 @@ async def execute(
                 raise answer
             results[i] = decode_aggregate3([calls[i]], answer)[0]
     return results
-
-
-def decode_revert(data: bytes) -> str:
-    """`Error(string)` reasons as text (Perp's are codes like CH_EAV); anything else as hex."""
-    if data[:4] == bytes.fromhex("08c379a0"):
-        try:
-            (reason,) = decode(["string"], data[4:])
-            return str(reason)
-        except Exception:
-            pass
-    return "0x" + data.hex() if data else "no reason"
-
-
-def _split_types(inputs: str) -> Iterator[str]:
-    """Split "address,(uint256,bool),bytes" at top-level commas."""
-    depth, start = 0, 0
-    for i, char in enumerate(inputs):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        elif char == "," and depth == 0:
-            yield inputs[start:i]
-            start = i + 1
-    yield inputs[start:]

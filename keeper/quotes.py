@@ -22,9 +22,10 @@ from eth_utils.address import is_address, to_checksum_address
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
+from keeper.codec import encode_call
 from keeper.config import address
-from keeper.multicall import encode_call
-from keeper.rpc import Rpc, RpcError
+from keeper.errors import QuoteError, RpcError
+from keeper.rpc import Rpc
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ OPTIMISM_QUOTER_V2 = "0x61fFE014bA17989E743c5F6cB21bF9697530B21e"
 OPTIMISM_SWAP_ROUTER = "0xE592427A0AEce92De3Edee1F18E0157C05861564"
 DEADLINE = 2**64 - 1
 MAX_RETRY_AFTER = 10.0
-
-
-class QuoteError(RuntimeError):
-    """A source could not quote: unreachable, rate-limited past its retries, or a malformed answer."""
 
 
 @dataclass(frozen=True)

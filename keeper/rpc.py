@@ -19,21 +19,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.types import RPCEndpoint
 
+from keeper.errors import RpcError, RpcUnavailableError
+
 RATE_LIMIT_CODES = frozenset({-32005, -32029, 429})  # "limit exceeded" / "too many requests"
 BlockId = int | str
 TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
-
-
-class RpcError(RuntimeError):
-    """The node answered with a JSON-RPC error (a real answer, not a transport failure)."""
-
-    def __init__(self, method: str, code: int, message: str, data: Any = None) -> None:
-        super().__init__(f"{method}: {message} (code {code})")
-        self.method, self.code, self.message, self.data = method, code, message, data
-
-
-class RpcUnavailableError(RuntimeError):
-    """The node could not be reached (after retries). The message never shows the URL's secrets."""
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from eth_abi.abi import decode
 
 from keeper import config
 from keeper.audit import AuditLog
+from keeper.codec import encode_call
 from keeper.engine import Engine, Result
+from keeper.errors import SettingError
 from keeper.loop import HeadLoop
 from keeper.metadata import SYNTHETIX_PERPS_V2, Deployment
 from keeper.metrics import Metrics, configure_logging
-from keeper.multicall import encode_call
 from keeper.profit import usd_text
 from keeper.quotes import (
     HttpAggregator,
@@ -70,11 +71,11 @@ async def main(args: Any) -> int:
     protocol = config.protocol(args.protocol, metadata)
     signer = None if settings.dry_run else config.signer()
     if not settings.dry_run and signer is None:
-        raise config.SettingError(
+        raise SettingError(
             "no key: set KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE (or use --dry-run)"
         )
     if args.from_address and not settings.dry_run:
-        raise config.SettingError("--from: only with --dry-run (live, the key decides the liquidator)")
+        raise SettingError("--from: only with --dry-run (live, the key decides the liquidator)")
     liquidator: str
     if signer is not None:
         liquidator = signer.address

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from eth_utils.address import to_checksum_address
 
 from keeper import multicall
-from keeper.config import SettingError
+from keeper.errors import SettingError
 from keeper.indexer import Indexer, Progress
 from keeper.metadata import (
     PERP_V2,

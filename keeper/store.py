@@ -11,15 +11,13 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from keeper.errors import StoreError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (address TEXT PRIMARY KEY, first_block INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS block_hashes (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
-
-
-class StoreError(RuntimeError):
-    """The state database belongs to another chain or deployment, or cannot be opened."""
 
 
 class Store:

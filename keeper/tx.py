@@ -24,8 +24,9 @@ from eth_account.signers.local import LocalAccount
 from eth_utils.address import to_checksum_address
 
 from keeper import gas
-from keeper.multicall import decode_revert
-from keeper.rpc import Rpc, RpcError
+from keeper.codec import decode_revert
+from keeper.errors import RpcError
+from keeper.rpc import Rpc
 
 log = logging.getLogger(__name__)
 

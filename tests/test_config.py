@@ -9,7 +9,8 @@ import pytest
 from eth_account import Account
 
 from keeper import config
-from keeper.config import X18, SettingError
+from keeper.config import X18
+from keeper.errors import SettingError
 
 KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 ADDRESS = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from devnet import toolchain, up
+from keeper.errors import MetadataError
 from keeper.metadata import (
     CORE_CONTRACTS,
     DEFAULT_MULTICALL3,
-    MetadataError,
     load_metadata,
     parse_metadata,
     parse_synthetix_metadata,

@@ -6,15 +6,8 @@ from eth_abi.abi import encode
 
 from devnet import up
 from devnet.deploy import MULTICALL3_ADDRESS
-from keeper.multicall import (
-    AGGREGATE3_SELECTOR,
-    Call,
-    Result,
-    batches,
-    decode_aggregate3,
-    decode_revert,
-    encode_aggregate3,
-)
+from keeper.codec import decode_revert
+from keeper.multicall import AGGREGATE3_SELECTOR, Call, Result, batches, decode_aggregate3, encode_aggregate3
 
 A = "0x" + "11" * 20
 

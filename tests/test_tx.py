@@ -10,7 +10,7 @@ from eth_account import Account
 from devnet import up
 from devnet.chain import DevChain
 from devnet.scenario import KEEPER_KEY
-from keeper.multicall import encode_call
+from keeper.codec import encode_call
 from keeper.rpc import Rpc
 from keeper.tx import TxManager, TxRequest
 from strategies.perp_v2.positions import LIQUIDATE

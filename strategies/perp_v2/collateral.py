@@ -21,17 +21,18 @@ from typing import Any
 from eth_abi.abi import decode
 
 from keeper import gas, profit
+from keeper.codec import encode_call, topic
+from keeper.errors import RpcError
 from keeper.metadata import Deployment
-from keeper.multicall import Call, encode_call
+from keeper.multicall import Call
 from keeper.profit import X18
 from keeper.quotes import Choice, Quote, QuoteSource, UniswapV3, best_quote
-from keeper.rpc import BlockHeader, Rpc, RpcError
+from keeper.rpc import BlockHeader, Rpc
 from keeper.tx import TxOutcome
 from strategies.base import Plan, Step
 from strategies.perp_v2 import risk
 from strategies.perp_v2.reverts import explain
 from strategies.perp_v2.scanner import Reader, Scanner
-from strategies.perp_v2.views import topic
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,12 @@ from typing import Any
 from eth_abi.abi import decode
 
 from keeper import gas, profit
+from keeper.codec import encode_call
+from keeper.errors import RpcError
 from keeper.metadata import Deployment
-from keeper.multicall import Call, encode_call
+from keeper.multicall import Call
 from keeper.profit import RATIO, X18
-from keeper.rpc import BlockHeader, Rpc, RpcError
+from keeper.rpc import BlockHeader, Rpc
 from keeper.tx import TxOutcome, revert_reason
 from strategies.base import Plan, Step
 from strategies.perp_v2 import risk

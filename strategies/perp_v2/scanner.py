@@ -21,9 +21,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from keeper.errors import CallFailedError
 from keeper.indexer import Indexer
 from keeper.metadata import Deployment
-from keeper.multicall import Call, CallFailedError, Result
+from keeper.multicall import Call, Result
 from keeper.rpc import BlockHeader
 from strategies.perp_v2 import risk
 from strategies.perp_v2.views import Core, Shape, Views

@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from eth_utils.abi import event_signature_to_log_topic
-
+from keeper.codec import topic
 from keeper.indexer import AccountSource
 from keeper.metadata import Deployment
 from keeper.multicall import Call, Result
@@ -51,10 +50,6 @@ def account_sources(deployment: Deployment) -> list[AccountSource]:
         AccountSource(signature.split("(")[0], deployment.address(contract), topic(signature), index)
         for contract, signature, index in EVENTS
     ]
-
-
-def topic(signature: str) -> str:
-    return "0x" + event_signature_to_log_topic(signature).hex().removeprefix("0x")
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,14 @@ from typing import Any
 from eth_abi.abi import decode
 
 from keeper import gas, profit
+from keeper.codec import encode_call
+from keeper.errors import QuoteError, RpcError
 from keeper.indexer import AccountSource, Indexer
 from keeper.metadata import SynthetixDeployment
-from keeper.multicall import Call, encode_call
+from keeper.multicall import Call
 from keeper.profit import X18
-from keeper.quotes import QuoteError, QuoteSource
-from keeper.rpc import BlockHeader, Rpc, RpcError
+from keeper.quotes import QuoteSource
+from keeper.rpc import BlockHeader, Rpc
 from keeper.tx import TxOutcome
 from strategies.base import Plan, Step
 from strategies.synthetix_perps_v2 import fees

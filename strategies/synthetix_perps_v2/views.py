@@ -11,16 +11,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from eth_utils.crypto import keccak
-
+from keeper.codec import topic
 from keeper.metadata import PerpsV2Market, SynthetixDeployment
 from keeper.multicall import Call, Result
 from strategies.synthetix_perps_v2.fees import UNIT, FeeParams
 
 Reader = Callable[[Sequence[Call], int], Awaitable[list[Result]]]
-POSITION_MODIFIED = "0x" + keccak(
-    text="PositionModified(uint256,address,uint256,int256,int256,uint256,uint256,uint256,int256)"
-).hex().removeprefix("0x")
+POSITION_MODIFIED = topic(
+    "PositionModified(uint256,address,uint256,int256,int256,uint256,uint256,uint256,int256)"
+)
 POSITION_STRUCT = "(uint64,uint64,uint128,uint128,int128)"  # id, lastFundingIndex, margin, lastPrice, size
 
 
