@@ -53,6 +53,10 @@ class Metrics:
             "perp_keeper_head_lag_seconds", "Wall clock minus the newest head's time", registry=r
         )
         self.rpc_errors = Counter("perp_keeper_rpc_errors", "RPC failures by kind", ["kind"], registry=r)
+        self.errors = Counter("perp_keeper_errors", "Failures survived, by kind", ["kind"], registry=r)
+        self.task_restarts = Counter(
+            "perp_keeper_task_restarts", "Background tasks restarted after dying", ["task"], registry=r
+        )
 
     def ticked(self, head_timestamp: int) -> None:
         self.last_tick_at = time.time()

@@ -15,6 +15,7 @@ from devnet import up
 from devnet.chain import DevChain
 from keeper.errors import RpcError
 from keeper.loop import HeadLoop
+from keeper.metrics import Metrics
 from keeper.rpc import BlockHeader, BlockId, Rpc
 
 MINED = 6
@@ -87,8 +88,8 @@ async def test_polling_alone_drives_ticks(devnet: up.Devnet, chain: DevChain) ->
 class FakeNode:
     """Answers `header()` with block `number`; `failures` are raised first, one per call."""
 
-    def __init__(self, number: int = 100, *, advancing: bool = False) -> None:
-        self.number, self.advancing = number, advancing
+    def __init__(self, number: int = 100, *, advancing: bool = False, born: int = 0) -> None:
+        self.number, self.advancing, self.born = number, advancing, born  # block n's time: born + n
         self.failures: list[Exception] = []
         self.calls = 0
 
@@ -98,7 +99,8 @@ class FakeNode:
             raise self.failures.pop(0)
         if self.advancing:
             self.number += 1
-        return header(self.number)
+        n = self.number
+        return BlockHeader(n, f"0x{n:064x}", f"0x{n - 1:064x}", self.born + n)
 
 
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
@@ -334,3 +336,45 @@ async def test_a_provider_stuck_on_one_block_trips_the_watchdog(caplog: pytest.L
     await stopped(loop, running)
     assert moving.calls >= 10
     assert not any(m.startswith("no new head for") for m in caplog.messages)
+
+
+async def test_health_fails_when_heads_stop_advancing() -> None:
+    metrics = Metrics(block_interval=2.0, stale_head_seconds=120)
+    stuck = FakeNode(100, born=int(time.time()) - 100)  # block 100 is "now"
+
+    async def tick(head: BlockHeader) -> None:
+        metrics.ticked(head.timestamp)
+
+    loop = HeadLoop(stuck, tick, poll_after=0.01)
+    running = asyncio.create_task(loop.run())
+    await until(lambda: loop.ticks == 1 and stuck.calls >= 20)
+    await stopped(loop, running)
+    assert loop.ticks == 1  # the repeated head did not tick again (and did not refresh the tick time)
+    assert metrics.last_tick_at is not None
+    ticked_at = metrics.last_tick_at
+
+    assert metrics.health(now=ticked_at + 5.9) == (
+        True,
+        {
+            "ok": True,
+            "problems": [],
+            "tick_age_s": pytest.approx(5.9),
+            "head_age_s": pytest.approx(5.9, abs=1.5),
+        },
+    )
+    ok, detail = metrics.health(now=ticked_at + 6.1)  # no tick within 3 block intervals
+    assert (ok, detail["problems"]) == (False, ["no recent tick"])
+    ok, detail = metrics.health(now=ticked_at + 122)
+    assert (ok, detail["problems"]) == (False, ["no recent tick", "head is stale"])
+
+    metrics.block_interval = 1_000.0  # the tick check alone would pass: the stale head still fails it
+    ok, detail = metrics.health(now=ticked_at + 122)
+    assert (ok, detail["problems"]) == (False, ["head is stale"])
+    assert metrics.health(now=ticked_at + 100)[0] is True  # under stale_head_seconds
+    metrics.stale_head_seconds = 0  # off (a devnet's clock)
+    assert metrics.health(now=ticked_at + 122)[0] is True
+
+
+def test_health_fails_before_the_first_tick() -> None:
+    ok, detail = Metrics(block_interval=2.0).health()
+    assert (ok, detail["problems"]) == (False, ["no recent tick"])
