@@ -1,7 +1,7 @@
 """Write `abi/*.json`: only the functions and events the keeper uses, taken from the real artifacts.
 
 Run `python -m devnet.abi_gen` after changing SELECTION; tests/test_abi.py checks that every entry
-is identical to the artifact's.
+is identical to the artifact's and that abi/ holds exactly the signatures the keeper uses.
 """
 
 from __future__ import annotations
@@ -10,137 +10,155 @@ import json
 from pathlib import Path
 from typing import Any
 
-from devnet import artifacts, toolchain
+from devnet import artifacts, signatures, toolchain
 
 ABI_DIR = Path(__file__).resolve().parent.parent / "abi"
 
-# keeper ABI name -> (artifact, functions, events)
-SELECTION: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+# keeper ABI name -> (artifact, the canonical signatures of the functions and events the keeper uses
+# on that contract). tests/test_abi.py checks that together they are exactly the signatures the keeper
+# uses (devnet/signatures.py extracts them from keeper/ and strategies/): add a signature here and run
+# this module whenever the keeper starts using one.
+SELECTION: dict[str, tuple[str, tuple[str, ...]]] = {
     "ClearingHouse": (
         "ClearingHouse",
         (
-            "liquidate",
-            "cancelAllExcessOrders",
-            "cancelExcessOrders",
-            "getAccountValue",
-            "openPosition",
-            "closePosition",
-            "settleAllFunding",
-            "quitMarket",
-        ),
-        (
-            "PositionChanged",
-            "LiquidityChanged",
-            "PositionLiquidated",
-            "PositionClosed",
-            "FundingPaymentSettled",
+            "liquidate(address,address,int256)",
+            "cancelAllExcessOrders(address,address)",
+            "getAccountValue(address)",
+            "openPosition((address,bool,bool,uint256,uint256,uint256,uint160,bytes32))",
+            "closePosition((address,uint160,uint256,uint256,bytes32))",
+            "PositionChanged(address,address,int256,int256,uint256,int256,int256,uint256)",
+            "LiquidityChanged(address,address,address,int24,int24,int256,int256,int128,uint256)",
+            "PositionLiquidated(address,address,uint256,uint256,uint256,address)",
+            "PositionClosed(address,address,int256,int256,int256,int256,uint256)",
         ),
     ),
     "AccountBalance": (
         "AccountBalance",
         (
-            "getMarginRequirementForLiquidation",
-            "getTotalAbsPositionValue",
-            "getLiquidatablePositionSize",
-            "getTakerPositionSize",
-            "getTotalPositionSize",
-            "getTakerOpenNotional",
-            "getBaseTokens",
-            "hasOrder",
-            "getMarkPrice",
-            "getPnlAndPendingFee",
-            "getTotalDebtValue",
+            "getMarginRequirementForLiquidation(address)",
+            "getTotalAbsPositionValue(address)",
+            "getTakerPositionSize(address,address)",
+            "getTotalPositionSize(address,address)",
+            "getBaseTokens(address)",
+            "hasOrder(address)",
+            "getMarkPrice(address)",
         ),
-        ("PnlRealized",),
     ),
-    "OrderBook": ("OrderBook", ("getOpenOrderIds", "getOpenOrderById"), ()),
+    "OrderBook": ("OrderBook", ("getOpenOrderIds(address,address)",)),
     "Vault": (
         "Vault",
         (
-            "isLiquidatable",
-            "liquidateCollateral",
-            "getMaxRepaidSettlementAndLiquidatableCollateral",
-            "getLiquidatableCollateralBySettlement",
-            "getRepaidSettlementByCollateral",
-            "getMarginRequirementForCollateralLiquidation",
-            "getCollateralMmRatio",
-            "getAccountValue",
-            "getFreeCollateral",
-            "getFreeCollateralByRatio",
-            "getSettlementTokenValue",
-            "getBalanceByToken",
-            "getCollateralTokens",
-            "getSettlementToken",
-            "decimals",
-            "deposit",
-            "withdraw",
-            "settleBadDebt",
+            "isLiquidatable(address)",
+            "liquidateCollateral(address,address,uint256,bool)",
+            "getMaxRepaidSettlementAndLiquidatableCollateral(address,address)",
+            "getLiquidatableCollateralBySettlement(address,uint256)",
+            "getRepaidSettlementByCollateral(address,uint256)",
+            "getFreeCollateral(address)",
+            "getFreeCollateralByRatio(address,uint24)",
+            "getSettlementTokenValue(address)",
+            "getBalanceByToken(address,address)",
+            "getCollateralTokens(address)",
+            "Deposited(address,address,uint256)",
+            "Withdrawn(address,address,uint256)",
+            "CollateralLiquidated(address,address,address,uint256,uint256,uint256,uint24)",
+            "BadDebtSettled(address,uint256)",
         ),
-        ("Deposited", "Withdrawn", "CollateralLiquidated", "BadDebtSettled"),
     ),
     "CollateralManager": (
         "CollateralManager",
         (
-            "getCollateralConfig",
-            "getPrice",
-            "getDebtThresholdByTrader",
-            "getLiquidationRatio",
-            "getCLInsuranceFundFeeRatio",
-            "getCollateralValueDust",
-            "getDebtNonSettlementTokenValueRatio",
-            "getMmRatioBuffer",
+            "getCollateralConfig(address)",
+            "getPrice(address,uint256)",
+            "getPriceFeedDecimals(address)",
+            "getDebtThresholdByTrader(address)",
+            "getLiquidationRatio()",
+            "getDebtNonSettlementTokenValueRatio()",
+            "getMmRatioBuffer()",
         ),
-        ("CollateralAdded",),
     ),
     "ClearingHouseConfig": (
         "ClearingHouseConfig",
-        (
-            "getMmRatio",
-            "getImRatio",
-            "getLiquidationPenaltyRatio",
-            "getMarkPriceConfig",
-            "getTwapInterval",
-            "getMaxMarketsPerAccount",
-        ),
-        (),
+        ("getMmRatio()", "getImRatio()", "getLiquidationPenaltyRatio()"),
     ),
-    "BaseToken": ("BaseToken", ("getIndexPrice", "isOpen"), ()),
-    "Exchange": (
-        "Exchange",
-        ("getSqrtMarketTwapX96", "getAllPendingFundingPayment", "isOverPriceSpread"),
-        ("FundingUpdated",),
+    "BaseToken": ("BaseToken", ("getIndexPrice(uint256)",)),
+    "MarketRegistry": ("MarketRegistry", ("getFeeRatio(address)",)),
+    "QuoterV2": ("QuoterV2", ("quoteExactInputSingle((address,address,uint256,uint24,uint160))",)),
+    "SwapRouter": (
+        "SwapRouter",
+        ("exactInputSingle((address,address,uint24,address,uint256,uint256,uint256,uint160))",),
     ),
-    "MarketRegistry": ("MarketRegistry", ("getPool", "getMarketInfo", "getFeeRatio"), ("PoolAdded",)),
-    "InsuranceFund": ("InsuranceFund", ("getInsuranceFundCapacity",), ()),
-    "QuoterV2": ("QuoterV2", ("quoteExactInputSingle",), ()),
-    "SwapRouter": ("SwapRouter", ("exactInputSingle",), ()),
+    # Perp's own IERC20Metadata artifact: USDC and the collateral tokens.
     "ERC20": (
         "IERC20Metadata",
-        ("balanceOf", "allowance", "approve", "transfer", "decimals", "symbol"),
-        ("Transfer",),
+        ("balanceOf(address)", "allowance(address,address)", "approve(address,uint256)", "decimals()"),
     ),
-    "Multicall3": ("Multicall3", ("aggregate3", "getBlockNumber", "getEthBalance"), ()),
+    # The standard Multicall3 interface, from our stand-in (its ABI is Multicall3's; the keeper uses the
+    # canonical deployment).
+    "Multicall3": ("Multicall3", ("aggregate3((address,bool,bytes)[])",)),
+    # The OP Stack GasPriceOracle predeploy's (Fjord) interface, from our stand-in.
+    "GasPriceOracle": ("GasPriceOracleStandIn", ("getL1FeeUpperBound(uint256)",)),
+    # Synthetix Perps V2, from the deployment file the devnet deploys (devnet/synthetix.py).
+    "FuturesMarketManager": ("FuturesMarketManager", ("isEndorsed(address)",)),
+    "PerpsV2MarketSettings": (
+        "PerpsV2MarketSettings",
+        (
+            "liquidationFeeRatio()",
+            "minKeeperFee()",
+            "maxKeeperFee()",
+            "keeperLiquidationFee()",
+            "maxLiquidationDelta(bytes32)",
+            "maxPD(bytes32)",
+            "skewScale(bytes32)",
+        ),
+    ),
+    "PerpsV2MarketState": ("PerpsV2MarketState", ("positionFlagger(address)",)),
+    # A market's proxy routes each selector to one implementation; these are the ones the keeper calls.
+    "PerpsV2MarketViews": (
+        "PerpsV2MarketViews",
+        (
+            "assetPrice()",
+            "marketSkew()",
+            "positions(address)",
+            "canLiquidate(address)",
+            "isFlagged(address)",
+            "liquidationFee(address)",
+        ),
+    ),
+    "PerpsV2MarketLiquidate": (
+        "PerpsV2MarketLiquidate",
+        ("flagPosition(address)", "liquidatePosition(address)", "forceLiquidatePosition(address)"),
+    ),
+    # The event every market implementation emits through the proxy.
+    "PerpsV2Market": (
+        "PerpsV2Market",
+        ("PositionModified(uint256,address,uint256,int256,int256,uint256,uint256,uint256,int256)",),
+    ),
 }
 
 
-def select(artifact: str, functions: tuple[str, ...], events: tuple[str, ...]) -> list[dict[str, Any]]:
-    abi = artifacts.load(artifact).abi
-    chosen: list[dict[str, Any]] = []
-    for kind, names in (("function", functions), ("event", events)):
-        for name in names:
-            entries = [e for e in abi if e.get("type") == kind and e.get("name") == name]
-            if not entries:
-                raise KeyError(f"{artifact} has no {kind} {name}")
-            chosen.extend(entries)
-    return chosen
+def select(artifact: str, chosen: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The artifact's entries with these canonical signatures, in this order."""
+    entries = {
+        signatures.canonical(e): e
+        for e in artifacts.load(artifact).abi
+        if e.get("type") in ("function", "event")
+    }
+    missing = [s for s in chosen if s not in entries]
+    if missing:
+        raise KeyError(f"{artifact} defines none of {missing}")
+    return [entries[s] for s in chosen]
 
 
 def main() -> None:
     toolchain.ensure()
     ABI_DIR.mkdir(exist_ok=True)
-    for name, (artifact, functions, events) in SELECTION.items():
+    for stale in set(ABI_DIR.glob("*.json")) - {ABI_DIR / f"{name}.json" for name in SELECTION}:
+        stale.unlink()
+        print(f"removed {stale}")
+    for name, (artifact, chosen) in SELECTION.items():
         path = ABI_DIR / f"{name}.json"
-        path.write_text(json.dumps(select(artifact, functions, events), indent=1) + "\n")
+        path.write_text(json.dumps(select(artifact, chosen), indent=1) + "\n")
         print(f"wrote {path}")
 
 
