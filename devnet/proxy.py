@@ -3,6 +3,10 @@
 Benchmarks put it between the keeper and anvil to count HTTP requests and add a round-trip time
 (20 ms stands for a hosted provider); tests use its `max_log_range` to behave like providers that
 refuse wide `eth_getLogs` ranges, and its method counts to prove what reached the node.
+
+Fault injection (devnet/faults.py) makes it a flaky or hostile provider: `inject(kind, times, method)`
+queues faults for the next matching requests, `chaos(seed, rate, kinds)` applies random ones, and
+`injected` counts what was applied.
 """
 
 from __future__ import annotations
@@ -11,9 +15,18 @@ import asyncio
 import json
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
+
+from devnet import faults
+from devnet.faults import FAULTS, Fault, FaultPlan
+
+__all__ = ["FAULTS", "RpcProxy"]
+Reply = tuple[str, bytes, dict[str, str]]  # status line, body, extra headers
+OK = "200 OK"
+FAILURE = b'{"message": "upstream failure"}'
 
 
 class RpcProxy:
@@ -24,6 +37,8 @@ class RpcProxy:
         self.http_requests = 0
         self.methods: Counter[str] = Counter()
         self.refused_log_ranges = 0
+        self.faults = FaultPlan()
+        self.injected: Counter[str] = self.faults.injected  # faults applied, by kind
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -54,6 +69,23 @@ class RpcProxy:
         with self._lock:
             self.http_requests = 0
             self.methods.clear()
+
+    # --- faults (devnet/faults.py) -----------------------------------------------------------------
+    def inject(
+        self, kind: str, times: int = 1, method: str | None = None, delay_seconds: float = 1.0
+    ) -> None:
+        """Apply fault `kind` to the next `times` HTTP requests it matches (see `faults.FAULTS`)."""
+        self.faults.inject(kind, times, method, delay_seconds)
+
+    def chaos(
+        self, seed: int, rate: float, kinds: Sequence[str] = FAULTS, delay_seconds: float = 1.0
+    ) -> None:
+        """Apply a random kind to a fraction `rate` of the requests (reproducible for one `seed`)."""
+        self.faults.chaos(seed, rate, kinds, delay_seconds)
+
+    def calm(self) -> None:
+        """Drop queued faults and stop chaos."""
+        self.faults.clear()
 
     # --- server -----------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -89,9 +121,10 @@ class RpcProxy:
                     if name.strip().lower() == "content-length":
                         length = int(value.strip())
                 body = await reader.readexactly(length)
-                status, answer = await self._handle(body)
+                status, answer, headers = await self._handle(body)
+                extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
                 writer.write(
-                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+                    f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}"
                     f"Content-Length: {len(answer)}\r\nConnection: keep-alive\r\n\r\n".encode()
                     + answer
                 )
@@ -102,26 +135,73 @@ class RpcProxy:
             writer.close()
             self._tasks.discard(task)
 
-    async def _handle(self, body: bytes) -> tuple[str, bytes]:
+    async def _handle(self, body: bytes) -> Reply:
         payload = json.loads(body)
-        requests = payload if isinstance(payload, list) else [payload]
+        batch = isinstance(payload, list)
+        requests = payload if batch else [payload]
         with self._lock:
             self.http_requests += 1
             for r in requests:
                 self.methods[r.get("method", "?")] += 1
         if self.rtt:
             await asyncio.sleep(self.rtt)
+        fault = self.faults.take(requests, batch)
+        if fault is None:
+            return await self._upstream(payload, body)
+        return await self._inject(fault, payload, body)
+
+    async def _upstream(self, payload: Any, body: bytes) -> Reply:
+        """The node's own answer, with this proxy's refusals; head answers are kept for stale-head."""
+        requests = payload if isinstance(payload, list) else [payload]
         refusal = [self._refuse(r) for r in requests]
         if any(refusal):
             answers = []
             for r, refused in zip(requests, refusal, strict=True):
                 answers.append(refused or (await self._forward(r)))
             result: Any = answers if isinstance(payload, list) else answers[0]
-            return "200 OK", json.dumps(result).encode()
+            return OK, json.dumps(result).encode(), {}
         response = await self._client.post(
             self.upstream, content=body, headers={"Content-Type": "application/json"}
         )
-        return f"{response.status_code} {response.reason_phrase}", response.content
+        if response.status_code == 200 and any(faults.is_head_request(r) for r in requests):
+            self.faults.remember(requests, response.json())
+        return f"{response.status_code} {response.reason_phrase}", response.content, {}
+
+    async def _inject(self, fault: Fault, payload: Any, body: bytes) -> Reply:
+        """The answer with `fault` applied; counted in `injected` when it changes something (a fault
+        that finds nothing to change, no logs or a refused batch, is used up uncounted)."""
+        batch = isinstance(payload, list)
+        requests = payload if batch else [payload]
+        kind = fault.kind
+        if kind not in (faults.BATCH_MISSING_ELEMENT, faults.BATCH_REVERSED, faults.REORGED_LOG):
+            self.faults.count(kind)
+        if kind in faults.HTTP_STATUS:
+            return faults.HTTP_STATUS[kind], FAILURE, {"Retry-After": "1"} if kind == faults.HTTP_429 else {}
+        if kind == faults.MALFORMED_JSON:
+            return OK, faults.NOT_JSON, {}
+        if kind == faults.RPC_ERROR:
+            return OK, faults.rpc_errors(requests, batch), {}
+        if kind == faults.DELAY:
+            await asyncio.sleep(fault.delay_seconds)
+            return await self._upstream(payload, body)
+        if kind == faults.STALE_HEAD:
+            answers = [self.faults.stale(r) or await self._forward(r) for r in requests]
+            return OK, json.dumps(answers if batch else answers[0]).encode(), {}
+        status, content, headers = await self._upstream(payload, body)
+        if kind == faults.LOST_SEND_ANSWER:
+            return faults.HTTP_STATUS[faults.HTTP_502], FAILURE, {}
+        if kind == faults.TRUNCATED:
+            return status, content[: len(content) // 2], headers
+        if kind == faults.BATCH_MISSING_ELEMENT:
+            changed = faults.drop_last_element(content)
+        elif kind == faults.BATCH_REVERSED:
+            changed = faults.reverse_elements(content)
+        else:
+            changed = faults.reorg_logs(requests, content)
+        if changed is None:
+            return status, content, headers
+        self.faults.count(kind)
+        return status, changed, headers
 
     async def _forward(self, request: dict[str, Any]) -> Any:
         response = await self._client.post(self.upstream, json=request)

@@ -45,6 +45,16 @@ class RpcUnavailableError(KeeperError, RuntimeError):
     """The node could not be reached (after retries). The message never shows the URL's secrets."""
 
 
+class RpcMalformedError(RpcError):
+    """The node's answer was not valid JSON-RPC (not JSON, cut short, not an object, a batch answer
+    missing an element or with an unknown id). Flaky providers and load balancers produce these, so
+    they are retried like HTTP 5xx; it stays an `RpcError` so that callers catching those still do.
+    """
+
+    def __init__(self, method: str, description: str) -> None:
+        super().__init__(method, -32700, description)
+
+
 class CallFailedError(KeeperError, RuntimeError):
     """A view read through Multicall3 reverted (or answered nothing decodable)."""
 

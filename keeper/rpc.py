@@ -2,16 +2,26 @@
 
 Hot paths (`eth_call` of a multicall, `eth_getLogs`, block headers) go straight to the provider:
 web3's middleware would add two `eth_chainId` round trips to every call. The provider's own retries
-are off so that tenacity's are the only ones; they back off on transport failures, HTTP 429/5xx and
+are off so that tenacity's are the only ones; they back off on transport failures, HTTP 429/5xx,
+malformed answers (`RpcMalformedError`: not JSON, cut short, a batch answer missing an element) and
 the JSON-RPC codes providers use for rate limits, never on a genuine error answer.
+
+The client encodes requests with the provider's own ids and decodes answers itself rather than through
+`make_request` / `make_batch_request`: in web3 8 those raise `json.JSONDecodeError` (a `ValueError`)
+for a body that is not JSON or is cut short and `UnicodeDecodeError` for one that is not UTF-8, and
+`make_batch_request` sorts a batch answer by `id` (`sort_batch_response_by_response_ids`), which
+raises `AttributeError`/`TypeError` for elements that are not objects or ids of mixed types, only warns
+when an id is missing and never notices a missing, duplicate or unknown element. Here a batch answer
+is matched to its requests by `id`, in whatever order the server wrote it (JSON-RPC allows any).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -19,7 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.types import RPCEndpoint
 
-from keeper.errors import RpcError, RpcUnavailableError
+from keeper.errors import RpcError, RpcMalformedError, RpcUnavailableError
 
 RATE_LIMIT_CODES = frozenset({-32005, -32029, 429})  # "limit exceeded" / "too many requests"
 BlockId = int | str
@@ -41,6 +51,8 @@ def redact(url: str) -> str:
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, RpcMalformedError):
+        return True
     if isinstance(exc, RpcError):
         return exc.code in RATE_LIMIT_CODES
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -70,7 +82,8 @@ class Rpc:
         self.w3 = AsyncWeb3(self.provider)
         self.http_requests = 0
         self.calls: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()  # by kind: transport, rate-limit, http-5xx, answer
+        # by kind: transport, rate-limit, http-5xx, malformed, answer
+        self.errors: Counter[str] = Counter()
         self.on_error: Callable[[str], None] | None = None
 
     async def close(self) -> None:
@@ -87,8 +100,11 @@ class Rpc:
         async def once() -> Any:
             self.http_requests += 1
             self.calls[method] += 1
-            response = await self.provider.make_request(RPCEndpoint(method), list(params))
-            return _result(method, cast(dict[str, Any], response))
+            request = self.provider.form_request(RPCEndpoint(method), list(params))
+            answer = await self._post(method, self.provider.encode_rpc_dict(request))
+            if not isinstance(answer, dict):
+                raise RpcMalformedError(method, f"answer is a JSON {_json_type(answer)}, not an object")
+            return _result(method, answer)
 
         return await self._retrying(once, method, self.attempts if retry else 1)
 
@@ -110,19 +126,43 @@ class Rpc:
         self.http_requests += 1
         for method, _ in chunk:
             self.calls[method] += 1
-        response = await self.provider.make_batch_request([(RPCEndpoint(m), list(p)) for m, p in chunk])
-        if not isinstance(response, list):  # the node refused the whole batch
-            _result("batch", cast(dict[str, Any], response))
-            raise RpcError("batch", -32600, "batch refused without an error")
+        # ids come from the provider's counter, so they are unique within this client
+        requests = [self.provider.form_request(RPCEndpoint(m), list(p)) for m, p in chunk]
+        answer = await self._post("batch", self.provider.encode_batch_request_dicts(requests))
+        if isinstance(answer, dict):  # the node refused the whole batch
+            if answer.get("error") is None:
+                raise RpcMalformedError("batch", "batch answer is an object without an error")
+            _result("batch", answer)
+        if not isinstance(answer, list):
+            raise RpcMalformedError("batch", f"batch answer is a JSON {_json_type(answer)}, not an array")
+        by_id = _by_id(answer)
+        ids = [r["id"] for r in requests]
+        if unknown := by_id.keys() - set(ids):
+            raise RpcMalformedError("batch", f"batch answer has {len(unknown)} unknown id(s)")
+        if missing := [i for i in ids if i not in by_id]:
+            raise RpcMalformedError("batch", f"batch answer lacks {len(missing)} of {len(ids)} elements")
         answers: list[Any] = []
-        for (method, _), item in zip(chunk, response, strict=True):
+        for (method, _), request_id in zip(chunk, ids, strict=True):
             try:
-                answers.append(_result(method, cast(dict[str, Any], item)))
+                answers.append(_result(method, by_id[request_id]))
             except RpcError as exc:
                 if _transient(exc):
                     raise
                 answers.append(exc)
         return answers
+
+    async def _post(self, method: str, body: bytes) -> Any:
+        """POST one JSON-RPC body through the provider's session; the decoded JSON answer."""
+        raw = await self.provider._make_request(RPCEndpoint(method), body)
+        try:
+            return json.loads(raw)
+        except UnicodeDecodeError:
+            raise RpcMalformedError(method, "answer is not UTF-8 text") from None
+        except json.JSONDecodeError as exc:
+            cut = exc.pos >= len(exc.doc.rstrip())
+            raise RpcMalformedError(
+                method, f"answer is not JSON{' (cut short)' if cut else ''}: {exc.msg}"
+            ) from None
 
     async def _retrying(self, attempt: Any, method: str, attempts: int) -> Any:
         retrying = AsyncRetrying(
@@ -150,7 +190,9 @@ class Rpc:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _count_error(self, exc: BaseException) -> None:
-        if isinstance(exc, RpcError):
+        if isinstance(exc, RpcMalformedError):
+            kind = "malformed"
+        elif isinstance(exc, RpcError):
             kind = "rate-limit" if exc.code in RATE_LIMIT_CODES else "answer"
         elif isinstance(exc, aiohttp.ClientResponseError):
             kind = "rate-limit" if exc.status == 429 else f"http-{exc.status // 100}xx"
@@ -196,12 +238,17 @@ class Rpc:
 
 
 def parse_header(raw: dict[str, Any]) -> BlockHeader:
-    return BlockHeader(
-        number=int(raw["number"], 16),
-        hash=str(raw["hash"]),
-        parent_hash=str(raw["parentHash"]),
-        timestamp=int(raw["timestamp"], 16),
-    )
+    try:
+        return BlockHeader(
+            number=int(raw["number"], 16),
+            hash=str(raw["hash"]),
+            parent_hash=str(raw["parentHash"]),
+            timestamp=int(raw["timestamp"], 16),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise RpcMalformedError(
+            "eth_getBlockByNumber", "block header lacks a field or has a bad one"
+        ) from None
 
 
 def _block_param(block: BlockId) -> str:
@@ -216,18 +263,53 @@ def _call_params(to: str, data: bytes, block: BlockId, gas: int | None) -> list[
 
 
 def _call_result(result: Any) -> bytes:
-    return bytes.fromhex(str(result).removeprefix("0x"))
+    if not isinstance(result, str):
+        raise RpcMalformedError("eth_call", f"result is a JSON {_json_type(result)}, not a hex string")
+    try:
+        return bytes.fromhex(result.removeprefix("0x"))
+    except ValueError:
+        raise RpcMalformedError("eth_call", "result is not hex") from None
 
 
 def _result(method: str, response: dict[str, Any]) -> Any:
+    # malformed-answer messages never say "range", "limit", "more than" etc. nor quote ids: the indexer
+    # reads those words (and "10000") in an `eth_getLogs` error as "ask for fewer blocks" (TOO_MUCH)
     error = response.get("error")
     if error is not None:
-        if isinstance(error, dict):
-            raise RpcError(
-                method, int(error.get("code", 0)), str(error.get("message", "")), error.get("data")
-            )
-        raise RpcError(method, 0, str(error))
-    return response.get("result")
+        if not isinstance(error, dict):
+            raise RpcMalformedError(method, f"error member is a JSON {_json_type(error)}, not an object")
+        code, message = error.get("code"), error.get("message")
+        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(message, str):
+            raise RpcMalformedError(method, "error member lacks an integer code or a string message")
+        raise RpcError(method, code, message, error.get("data"))
+    if "result" not in response:
+        raise RpcMalformedError(method, "answer has neither a result nor an error")
+    return response["result"]
+
+
+def _by_id(answer: list[Any]) -> dict[int | str | None, dict[str, Any]]:
+    by_id: dict[int | str | None, dict[str, Any]] = {}
+    for item in answer:
+        if not isinstance(item, dict):
+            raise RpcMalformedError("batch", f"batch element is a JSON {_json_type(item)}, not an object")
+        key = item.get("id")
+        if isinstance(key, bool) or not isinstance(key, int | str | None):
+            raise RpcMalformedError("batch", f"batch element has an id that is a JSON {_json_type(key)}")
+        if key in by_id:
+            raise RpcMalformedError("batch", "batch answer has one id twice")
+        by_id[key] = item
+    return by_id
+
+
+def _json_type(value: Any) -> str:
+    names: tuple[tuple[type | tuple[type, ...], str], ...] = (
+        (dict, "object"),
+        (list, "array"),
+        (str, "string"),
+        (bool, "boolean"),
+        ((int, float), "number"),
+    )
+    return next((name for cls, name in names if isinstance(value, cls)), "null")
 
 
 def _describe(exc: BaseException) -> str:
