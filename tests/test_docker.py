@@ -6,9 +6,16 @@ docker); these checks need none.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
+from urllib.parse import SplitResult, urlsplit
+
+from keeper.metrics import Metrics
+from tests import dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,11 +43,121 @@ def test_compose_file_follows_the_compose_spec() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _final_stage() -> tuple[dict[str, str], list[dockerfile.Stage]]:
+    return dockerfile.stages((ROOT / "docker/Dockerfile").read_text())
+
+
 def test_the_image_runs_as_non_root_with_state_on_a_volume_and_a_healthcheck() -> None:
-    text = (ROOT / "docker/Dockerfile").read_text()
-    assert "ARG BASE=python:3.11-slim-bookworm" in text
-    assert "-r requirements.lock" in text
-    assert "USER 10001" in text
-    assert 'VOLUME ["/var/lib/perp-keeper"]' in text
-    assert "HEALTHCHECK" in text
-    assert "/health" in text
+    args, stages = _final_stage()
+    build, final = stages[0], stages[-1]
+    assert len(stages) == 2
+    # the runtime is the same Python the project supports (requires-python) on both stages
+    assert build.base == final.base == "${BASE}"
+    python = re.fullmatch(r"python:(\d+)\.(\d+)-slim-bookworm", args["BASE"])
+    assert python, args["BASE"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    minimum = re.fullmatch(r">=\s*(\d+)\.(\d+)", project["requires-python"])
+    assert minimum, project["requires-python"]
+    assert (int(python[1]), int(python[2])) >= (int(minimum[1]), int(minimum[2]))
+
+    # the build installs the locked dependencies
+    assert any("-r requirements.lock" in i.args for i in build.all("RUN"))
+
+    # runs as the non-root user the final stage creates, whose home is the state volume
+    user = final.last("USER")
+    assert user is not None
+    uid = user.args.split(":")[0]
+    assert uid not in ("0", "root")
+    useradd = next(i.args.split() for i in final.all("RUN") if "useradd" in i.args)
+    assert useradd[useradd.index("--uid") + 1] == uid
+    home = useradd[useradd.index("--home-dir") + 1]
+
+    volume = final.last("VOLUME")
+    assert volume is not None
+    assert volume.exec_form() == [home]
+    env = final.env()
+    for state in ("KEEPER_STATE_DB", "KEEPER_AUDIT_LOG"):
+        assert PurePosixPath(env[state]).parent == PurePosixPath(home), state
+    assert env["KEEPER_DRY_RUN"] == "1"  # a fresh container signs nothing until told to
+
+    # the health check asks the keeper's own /health on the metrics port the image sets and exposes
+    url = _health_url(final)
+    assert url.hostname in ("127.0.0.1", "localhost")
+    assert url.path == "/health"
+    assert url.port == int(env["KEEPER_METRICS_PORT"])
+    expose = final.last("EXPOSE")
+    assert expose is not None
+    assert str(url.port) in expose.args.split()
+
+    # the entrypoint is the installed console script, its default command a real subcommand
+    entrypoint, cmd = final.last("ENTRYPOINT"), final.last("CMD")
+    assert entrypoint is not None
+    assert cmd is not None
+    assert entrypoint.exec_form() == ["perp-keeper"]
+    assert project["scripts"]["perp-keeper"] == "keeper.cli:main"
+    assert cmd.exec_form() == ["run"]
+
+
+def test_copy_sources_are_in_the_build_context() -> None:
+    """Every COPY source exists and is not .dockerignore'd (a renamed package would break the build)."""
+    _, stages = _final_stage()
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    sources = [
+        word
+        for stage in stages
+        for copy in stage.all("COPY")
+        if not copy.args.startswith("--from=")
+        for word in copy.args.split()[:-1]
+    ]
+    assert "requirements.lock" in sources
+    for source in sources:
+        if source == "docker/wheelhouse/":
+            continue  # staged by docker/build.sh (git-ignored)
+        assert (ROOT / source).exists(), source
+        assert source.rstrip("/").split("/")[0] not in ignored, source
+
+
+async def test_the_health_check_command_passes_when_healthy_and_fails_when_not() -> None:
+    """The HEALTHCHECK's own command, run against the keeper's metrics server (on a free port)."""
+    _, stages = _final_stage()
+    final = stages[-1]
+    url = _health_url(final)
+    healthcheck = final.last("HEALTHCHECK")
+    assert healthcheck is not None
+    command = healthcheck.exec_form()
+    assert command is not None
+    assert command[0] == "python3"
+    metrics = Metrics(stale_head_seconds=0)
+    server = await metrics.serve(0, host="127.0.0.1")
+    port = server.sockets[0].getsockname()[1]
+    local = [sys.executable, *(word.replace(f":{url.port}/", f":{port}/") for word in command[1:])]
+    assert local != [sys.executable, *command[1:]]
+    try:
+        assert await _exit_code(local) != 0  # never ticked: 503
+        metrics.ticked(head_timestamp=0)
+        assert await _exit_code(local) == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def _health_url(stage: dockerfile.Stage) -> SplitResult:
+    healthcheck = stage.last("HEALTHCHECK")
+    assert healthcheck is not None
+    command = healthcheck.exec_form()
+    assert command is not None, "HEALTHCHECK CMD in exec form"
+    urls = re.findall(r"https?://[^'\"\s]+", " ".join(command))
+    assert len(urls) == 1, command
+    url: str = urls[0]
+    return urlsplit(url)
+
+
+async def _exit_code(command: list[str]) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await asyncio.wait_for(proc.wait(), timeout=30)

@@ -107,10 +107,20 @@ def test_default_close_policy_liquidates_every_position_and_gains_net_of_gas(
     assert keeper_value(devnet) - before > gas_usd
 
 
+@pytest.mark.parametrize("max_keeper_fee_usd", [None, 500])
 def test_dry_run_sends_nothing_and_records_every_liquidatable_account(
-    devnet: up.Devnet, chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    devnet: up.Devnet,
+    chain: DevChain,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_keeper_fee_usd: int | None,
 ) -> None:
     monkeypatch.delenv("KEEPER_PRIVATE_KEY", raising=False)
+    if max_keeper_fee_usd is None:
+        monkeypatch.delenv("KEEPER_MAX_KEEPER_FEE", raising=False)
+    else:
+        monkeypatch.setenv("KEEPER_MAX_KEEPER_FEE", str(max_keeper_fee_usd))
+    cap = None if max_keeper_fee_usd is None else max_keeper_fee_usd * 10**18
     audit = tmp_path / "dry.jsonl"
     vault = devnet.deployment["Vault"]
     positions = liquidatable(devnet)
@@ -131,9 +141,17 @@ def test_dry_run_sends_nothing_and_records_every_liquidatable_account(
     decided = {r["account"] for r in records if r["event"] == "decision"}
     labels = {t.address: t.label for t in devnet.scenario.traders.values()}
     assert {labels[a] for a in decided} == expected
+    estimates = [r["estimate"] for r in records if r["event"] == "decision" and r["estimate"]]
+    assert estimates
+    # the operator's KEEPER_MAX_KEEPER_FEE caps each reward exactly (Perp v2 itself has no cap)
+    for estimate in estimates:
+        assert (estimate["protocol_cap"], estimate["operator_cap"]) == (None, cap)
+        gross = estimate["reward_gross"]
+        assert estimate["reward_capped"] == (gross if cap is None else min(gross, cap))
+    if cap is not None:
+        assert any(e["reward_gross"] > cap for e in estimates)  # the cap binds somewhere
     for record in records:
         if record["event"] == "decision" and record["estimate"]:
-            assert record["estimate"]["reward_gross"] >= record["estimate"]["reward_capped"]
             assert "account_value" in record["inputs"]
             assert record["steps"][0]["calldata"].startswith("0x")
     assert any(r["event"] == "simulation" for r in records)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 from web3 import Web3
+from web3.contract.contract import ContractFunction
 
 from devnet import up
-from devnet.chain import DevChain
+from devnet.chain import DEPLOYER, DevChain
+from devnet.deploy import UINT256_MAX
 from devnet.proxy import RpcProxy
-from devnet.scenario import ScenarioBuilder, Trader
+from devnet.scenario import DEADLINE, ScenarioBuilder, Trader
 from keeper import cli
 from keeper.scan import Session, open_session
 from strategies.perp_v2 import risk
@@ -106,26 +109,71 @@ def test_scan_json_lists_opportunities_in_execution_order(devnet: up.Devnet, tmp
     assert rows[: len(liquidatable_positions)] == liquidatable_positions
 
 
+HEALTHY_TAKERS = 40  # with the scenario's ~25 accounts: far more than one block's tiers read
+
+
 async def test_a_price_move_is_seen_on_the_block_it_happens_with_few_requests(
     devnet: up.Devnet, chain: DevChain, tmp_path: Path
 ) -> None:
-    """eth-long-4x turns liquidatable after ETH falls; the tiered update reads it on that block."""
+    """eth-long-4x turns liquidatable after ETH falls; the tiered update reads it on that block, and
+    not the healthy takers far from liquidation (ETH-exposed ones included), but for the sweep."""
+    builder = ScenarioBuilder(devnet.deployment, dict(devnet.scenario.traders))
+    healthy = _healthy_takers(builder, HEALTHY_TAKERS)
     with RpcProxy(devnet.url) as proxy:
         session = await open_session(proxy.url, devnet.metadata_path, tmp_path / "k.sqlite")
         try:
             await session.scanner.full_scan()
+            snapshot = session.scanner.snapshot
+            assert snapshot is not None
             victim = devnet.scenario.traders["eth-long-4x"].address
-            assert not session.scanner.snapshot.accounts[victim].liquidatable  # type: ignore[union-attr]
-            builder = ScenarioBuilder(devnet.deployment, dict(devnet.scenario.traders))
+            assert not snapshot.accounts[victim].liquidatable
+            assert healthy <= set(snapshot.accounts)
+            assert not any(snapshot.accounts[a].liquidatable for a in healthy)
             builder.move_market("vETH", "1400", builder.traders["price-mover"])
             builder.settle_twaps()
             proxy.reset()
             stats = await session.scanner.update()
             assert victim in stats.newly_liquidatable
-            assert stats.read < stats.accounts or stats.accounts < 30
+            snapshot = session.scanner.snapshot
+            assert snapshot is not None
+            assert snapshot.block == stats.block
+            read = {a for a, acc in snapshot.accounts.items() if acc.block == stats.block}
+            assert len(read) == stats.read
+            assert victim in read
+            assert stats.accounts == len(snapshot.accounts) > len(healthy)
+            assert stats.read < stats.accounts, stats
+            # a healthy taker is read only as the rotating sweep's slice of this block
+            assert stats.swept == math.ceil(stats.accounts / session.scanner.sweep_blocks) == 1
+            assert len(read & healthy) <= stats.swept, sorted(read & healthy)
             assert proxy.http_requests <= 6, proxy.methods
         finally:
             await session.close()
+
+
+def _healthy_takers(builder: ScenarioBuilder, count: int) -> set[str]:
+    """`count` takers at 1x on 1,000 USDC, half in vETH (the market that will move), half in vBTC;
+    pairs take opposite sides with the same notional so the pools end where they started."""
+    d, chain = builder.deployment, builder.chain
+    usdc, vault, clearing_house = d["USDC"], d["Vault"], d["ClearingHouse"]
+    margin = 1_000 * 10**6
+    chain.send(usdc.functions.mint(DEPLOYER, margin * count))
+    chain.send(usdc.functions.approve(vault.address, UINT256_MAX))
+    addresses: set[str] = set()
+    for i in range(count):
+        trader = builder.trader(f"tier-healthy-{i}")
+        base = d.market("vETH" if (i // 2) % 2 == 0 else "vBTC").base_token.address
+        short = i % 2 == 1
+        params = (base, short, not short, 1_000 * 10**18, 0, DEADLINE, 0, b"\x00" * 32)
+        # a fixed gas limit skips eth_estimateGas: two quick transactions per account
+        _send(chain, vault.functions.depositFor(trader.address, usdc.address, margin), DEPLOYER)
+        _send(chain, clearing_house.functions.openPosition(params), trader.address)
+        addresses.add(trader.address)
+    return addresses
+
+
+def _send(chain: DevChain, call: ContractFunction, sender: str) -> None:
+    tx_hash = call.transact({"from": Web3.to_checksum_address(sender), "gas": 3_000_000})
+    assert chain.w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 1, call.fn_name
 
 
 async def test_a_restart_resumes_from_the_checkpoint(
