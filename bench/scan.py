@@ -39,10 +39,10 @@ from devnet.proxy import RpcProxy
 from devnet.scenario import DEADLINE, ScenarioBuilder
 from keeper import multicall
 from keeper.codec import encode_call
-from keeper.metadata import Deployment, load_metadata
 from keeper.multicall import Call
 from keeper.rpc import Rpc
-from keeper.scan import open_session
+from strategies.perp_v2.metadata import Deployment, load_metadata
+from strategies.perp_v2.plugin import open_session
 from strategies.perp_v2.scanner import UpdateStats
 
 NAIVE_SAMPLE = 1_000

@@ -12,8 +12,11 @@ from devnet import up
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from devnet.synthetix import SynthetixDeployment
 from keeper import run
-from keeper.metadata import PERP_V2, SYNTHETIX_PERPS_V2
-from keeper.scan import open_session, report
+from strategies.perp_v2.plugin import PLUGIN as PERP_V2_PLUGIN
+from strategies.perp_v2.plugin import open_session
+from strategies.synthetix_perps_v2.metadata import SYNTHETIX_PERPS_V2
+
+PERP_V2 = PERP_V2_PLUGIN.name
 
 
 async def main(scenario: str | None, out_dir: Path, dry_run: bool = False, protocol: str = PERP_V2) -> int:
@@ -62,8 +65,7 @@ async def _report(net: up.Devnet | up.SynthetixDevnet, out_dir: Path) -> int:
         return await asyncio.to_thread(up.synthetix_report, net.deployment, net.scenario.traders.values())
     session = await open_session(net.url, net.metadata_path, _fresh(out_dir / "scan.sqlite"))
     try:
-        found = await report(session, False, sys.stdout)
-        return sum(1 for op in found if op.liquidatable)
+        return await PERP_V2_PLUGIN.report(session.session, False, sys.stdout)
     finally:
         await session.close()
 

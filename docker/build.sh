@@ -14,7 +14,7 @@ PY=${PY:-.venv/bin/python}
 make -s setup
 
 echo "== wheelhouse (pip inside a build may not reach PyPI)"
-rm -rf docker/wheelhouse && mkdir -p docker/wheelhouse
+mkdir -p docker/wheelhouse && find docker/wheelhouse -type f ! -name .gitkeep -delete
 "$PY" -m pip download -q --only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11 \
   -d docker/wheelhouse -r requirements.lock "setuptools>=68" wheel
 

@@ -2,7 +2,7 @@
 
 Hot paths encode and decode with eth_abi directly (web3's contract objects cost ~200 ms of Python per
 1,000 calls). Every signature string the keeper uses is checked against the real contract artifacts
-by `tests/test_abi.py`.
+by `tests/test_signatures.py`; `abi/` holds exactly those entries.
 """
 
 from __future__ import annotations

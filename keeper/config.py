@@ -17,7 +17,6 @@ from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
 
 from keeper.errors import SettingError
-from keeper.metadata import PROTOCOLS, metadata_protocol
 
 X18 = 10**18
 
@@ -128,19 +127,6 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
         log_level=choice(env, "KEEPER_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         susd_usd=usd(env, "KEEPER_SUSD_USD", None),
     )
-
-
-def protocol(flag_value: str | None, metadata: Path, env: Mapping[str, str] | None = None) -> str:
-    """--protocol, else KEEPER_PROTOCOL, else what the metadata file says; they must agree."""
-    env = os.environ if env is None else env
-    described = metadata_protocol(metadata)
-    wanted = flag_value or env.get("KEEPER_PROTOCOL", "").strip() or described
-    setting = "--protocol" if flag_value else "KEEPER_PROTOCOL"
-    if wanted not in PROTOCOLS:
-        raise SettingError(f"{setting}: expected one of {', '.join(PROTOCOLS)}, got {wanted!r}")
-    if wanted != described:
-        raise SettingError(f"{setting} is {wanted} but {metadata} describes a {described} deployment")
-    return wanted
 
 
 def address(text: str, setting: str) -> str:

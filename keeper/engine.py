@@ -1,27 +1,45 @@
 """One pass of the keeper: refresh → opportunities (ranked) → plan → decide → execute or record.
 
-The engine knows no protocol: strategies price opportunities into plans of transactions and say what
-comes after a plan ran (the next partial liquidation, closing what was taken over). Live, every
-transaction goes through the one `TxManager`; in dry-run nothing is signed, each step is simulated
-with `eth_call` and every decision lands in the audit trail with its inputs.
+The engine knows no protocol: strategies price opportunities into typed plans and say what comes
+after a plan ran (the next partial liquidation, closing what was taken over). Live, every transaction
+goes through the one `TxManager`; in dry-run nothing is signed, each step is simulated with `eth_call`
+and every decision lands in the audit trail (`keeper/records.py`).
+
+One error policy: a failure while refreshing a strategy, or planning, sending or following up one
+opportunity, is recorded (audit record, log line with the account, `perp_keeper_errors{kind}`), cools
+that opportunity down, and the tick goes on with the others.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from keeper import records
 from keeper.audit import AuditLog
-from keeper.errors import RpcError
+from keeper.errors import error_kind
 from keeper.metrics import Metrics
-from keeper.rpc import BlockHeader, Rpc
-from keeper.tx import TxManager, TxOutcome, TxRequest, revert_reason
-from strategies.base import Opportunity, Plan, Strategy
+from keeper.rpc import BlockHeader
+from keeper.strategy import Opportunity, Plan, Strategy
+from keeper.tx import TxOutcome, TxRequest
 
 log = logging.getLogger(__name__)
+ERROR_COOLDOWN_SECONDS = 30.0
+
+
+class Sender(Protocol):
+    """What the engine needs of the transaction manager (`keeper/tx.py`)."""
+
+    async def send(self, request: TxRequest) -> TxOutcome: ...
+
+
+class Caller(Protocol):
+    """What the engine needs of the RPC client: `eth_call` for dry-run simulations."""
+
+    async def request(self, method: str, params: Sequence[Any] = ()) -> Any: ...
 
 
 @dataclass
@@ -44,15 +62,20 @@ class Result:
 class Engine:
     def __init__(
         self,
-        strategies: Sequence[Strategy],
-        rpc: Rpc,
+        strategies: Sequence[Strategy[Any]],
+        rpc: Caller,
         liquidator: str,
         audit: AuditLog,
-        tx: TxManager | None,
+        tx: Sender | None,
         metrics: Metrics | None = None,
+        *,
+        error_cooldown: float = ERROR_COOLDOWN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
         self.audit, self.tx, self.metrics = audit, tx, metrics
+        self.error_cooldown, self.clock = error_cooldown, clock
+        self.cooling: dict[str, tuple[float, str]] = {}  # opportunity key -> (until, error kind)
         self.ticks = 0
 
     @property
@@ -64,20 +87,15 @@ class Engine:
         self.ticks += 1
         if self.metrics is not None and head is not None:
             self.metrics.ticked(head.timestamp)  # a tick under way is alive; a stuck one ages out
+        self._prune_cooling()
         executed = False
         for strategy in self.strategies:
-            started = time.monotonic()
             # after this tick's own transactions, later strategies look at the chain they left
-            await strategy.refresh(None if executed else head)
-            opportunities = strategy.opportunities()
-            if self.metrics is not None:
-                self.metrics.scan_seconds.observe(time.monotonic() - started)
-                self.metrics.liquidatable.set(sum(1 for o in opportunities if o.liquidatable))
+            opportunities = await self._refresh(strategy, None if executed else head)
             for opportunity in opportunities:
                 if not opportunity.liquidatable:
                     continue  # makers whose orders may be cancelled but who are not liquidatable yet
-                plan = await strategy.plan(opportunity, self.liquidator)
-                results.append(await self._carry_out(strategy, plan))
+                results.append(await self._attempt(strategy, opportunity))
                 executed = executed or results[-1].status == "executed"
         return results
 
@@ -93,150 +111,152 @@ class Engine:
                 break
         return results
 
-    async def _carry_out(self, strategy: Strategy, plan: Plan | None) -> Result:
-        assert plan is not None
-        op = plan.opportunity
-        result = Result(op.account, op.kind, _market(op), "skipped", key=op.key)
+    # --- one strategy, one opportunity -----------------------------------------------------------------
+    async def _refresh(self, strategy: Strategy[Any], head: BlockHeader | None) -> Sequence[Opportunity]:
+        started = time.monotonic()
+        try:
+            await strategy.refresh(head)
+            opportunities = strategy.opportunities()
+        except Exception as exc:
+            self._survived(exc, "refresh", strategy=strategy.name, block=head.number if head else None)
+            return []
+        if self.metrics is not None:
+            self.metrics.scan_seconds.observe(time.monotonic() - started)
+            self.metrics.liquidatable.set(sum(1 for o in opportunities if o.liquidatable))
+        return opportunities
+
+    async def _attempt(self, strategy: Strategy[Any], opportunity: Opportunity) -> Result:
+        result = Result(
+            opportunity.account, opportunity.kind, opportunity.market, "skipped", key=opportunity.key
+        )
+        cooling = self.cooling.get(opportunity.key)
+        if cooling is not None:
+            result.reason = f"cooling down after an error ({cooling[1]})"
+            return result
+        try:
+            plan = await strategy.plan(opportunity, self.liquidator)
+        except Exception as exc:
+            return self._failed(result, strategy, opportunity, "plan", exc)
+        try:
+            await self._carry_out(strategy, plan, result)
+        except Exception as exc:
+            return self._failed(result, strategy, opportunity, "execute", exc)
+        return result
+
+    async def _carry_out(self, strategy: Strategy[Any], plan: Plan[Any], result: Result) -> None:
         if plan.estimate is not None:
             result.profit = plan.estimate.profit
         first = True
-        while plan is not None:
-            self._record_decision(strategy, plan)
-            if not plan.execute:
+        current: Plan[Any] | None = plan
+        while current is not None:
+            self.audit.record(**records.decision(strategy.name, current, self.ticks, self.dry_run))
+            if not current.execute:
                 if first:
-                    result.reason = plan.reason
-                break
+                    result.reason = current.reason
+                return
             if self.tx is None:
-                await self._simulate_all(strategy, plan)
-                result.status, result.reason = "dry-run", plan.reason
-                result.size = abs(int(plan.inputs.get("liquidatable_size", 0)))  # what it would take
-                result.reward = int(plan.inputs.get("reward_capped", 0))
-                break
-            outcomes = await self._send_all(strategy, plan, self.tx)
-            result.gas_wei += sum(o.fee_wei for o in outcomes)
-            result.txs += [o.tx_hash for o in outcomes if o.tx_hash]
-            if all(o.ok for o in outcomes):
-                result.status = "executed"
-                if plan.inputs.get("stage") == "liquidate":
-                    result.size += abs(int(plan.inputs.get("liquidatable_size", 0)))
-                    result.reward += int(plan.inputs.get("reward_capped", 0))
-                    if self.metrics is not None:
-                        self.metrics.realised.inc(int(plan.inputs.get("reward_capped", 0)) / 10**18)
-            else:
-                failed = next(o for o in outcomes if not o.ok)
-                if result.status != "executed":
-                    result.status = "failed"
-                reason = strategy.explain(failed.reason)
-                result.reason = f"{failed.request.label}: {failed.status} {reason}".strip()
-            first = False
-            plan = await strategy.follow_up(plan, outcomes, self.liquidator)
-        return result
+                await self._simulate_all(strategy, current)
+                result.status, result.reason = "dry-run", current.reason
+                result.size, result.reward = abs(current.size), current.reward_capped  # what it would take
+                return
+            outcomes = await self._send_all(strategy, current, self.tx)
+            self._account(result, strategy, current, outcomes)
+            first, ran = False, current
+            try:
+                current = await strategy.follow_up(ran, outcomes, self.liquidator)
+            except Exception as exc:
+                self._survived(exc, "follow-up", strategy=strategy.name, opportunity=ran.opportunity)
+                result.reason = f"follow-up failed: {type(exc).__name__}: {exc}"
+                return
 
-    async def _send_all(self, strategy: Strategy, plan: Plan, tx: TxManager) -> list[TxOutcome]:
+    def _account(
+        self, result: Result, strategy: Strategy[Any], plan: Plan[Any], outcomes: list[TxOutcome]
+    ) -> None:
+        result.gas_wei += sum(o.fee_wei for o in outcomes)
+        result.txs += [o.tx_hash for o in outcomes if o.tx_hash]
+        if all(o.ok for o in outcomes):
+            result.status = "executed"
+            if plan.earns:
+                result.size += abs(plan.size)
+                result.reward += plan.reward_capped
+                if self.metrics is not None:
+                    self.metrics.realised.inc(plan.reward_capped / 10**18)
+            return
+        failed = next(o for o in outcomes if not o.ok)
+        if result.status != "executed":
+            result.status = "failed"
+        result.reason = f"{failed.request.label}: {failed.status} {strategy.explain(failed.reason)}".strip()
+
+    async def _send_all(self, strategy: Strategy[Any], plan: Plan[Any], tx: Sender) -> list[TxOutcome]:
         outcomes = []
-        round_ = plan.inputs.get("round", 1)
+        op = plan.opportunity
         for step in plan.steps:
             request = TxRequest(
-                key=f"{plan.opportunity.key}:{round_}:{step.label}",
-                account=plan.opportunity.account,
-                to=step.to,
-                data=step.data,
-                label=step.label,
+                f"{op.key}:{plan.round}:{step.label}", op.account, step.to, step.data, step.label
             )
             outcome = await tx.send(request)
             outcomes.append(outcome)
             if self.metrics is not None and outcome.status != "skipped":
                 self.metrics.transactions.labels(outcome.status).inc()
                 self.metrics.replaced.inc(outcome.replacements)
-            self.audit.record(
-                event="transaction",
-                account=plan.opportunity.account,
-                kind=plan.opportunity.kind,
-                step=step.label,
-                status=outcome.status,
-                reason=strategy.explain(outcome.reason) if outcome.reason else "",
-                tx_hash=outcome.tx_hash,
-                block=outcome.block,
-                gas_used=outcome.gas_used,
-                fee_wei=outcome.fee_wei,
-                replacements=outcome.replacements,
-            )
+            self.audit.record(**records.transaction(op, step, outcome, strategy.explain))
             log.info(
                 "%s %s %s: %s %s",
-                plan.opportunity.kind,
-                plan.opportunity.account,
+                op.kind,
+                op.account,
                 step.label,
                 outcome.status,
                 outcome.reason,
-                extra={
-                    "account": plan.opportunity.account,
-                    "kind": plan.opportunity.kind,
-                    "step": step.label,
-                    "tx": outcome.tx_hash,
-                    "status": outcome.status,
-                },
+                extra={"account": op.account, "kind": op.kind, "step": step.label, "tx": outcome.tx_hash},
             )
             if not outcome.ok:
                 break
         return outcomes
 
-    async def _simulate_all(self, strategy: Strategy, plan: Plan) -> None:
+    async def _simulate_all(self, strategy: Strategy[Any], plan: Plan[Any]) -> None:
         for i, step in enumerate(plan.steps):
-            tx = {"from": self.liquidator, "to": step.to, "data": "0x" + step.data.hex()}
-            try:
-                await self.rpc.request("eth_call", [tx, "latest"])
-                simulation: dict[str, Any] = {"ok": True}
-            except RpcError as exc:
-                simulation = {"ok": False, "reason": strategy.explain(revert_reason(exc))}
-                if i > 0:
-                    simulation["note"] = "runs after the previous steps; simulated alone"
-            self.audit.record(
-                event="simulation",
-                strategy=strategy.name,
-                account=plan.opportunity.account,
-                kind=plan.opportunity.kind,
-                step=step.label,
-                to=step.to,
-                calldata=step.data,
-                simulation=simulation,
-            )
+            simulation = await records.simulate(self.rpc, self.liquidator, step, strategy.explain, after=i)
+            self.audit.record(**records.simulation(strategy.name, plan.opportunity, step, simulation))
 
-    def _record_decision(self, strategy: Strategy, plan: Plan) -> None:
-        op = plan.opportunity
-        estimate = plan.estimate
-        self.audit.record(
-            event="decision",
-            tick=self.ticks,
-            strategy=strategy.name,
-            account=op.account,
-            kind=op.kind,
-            market=_market(op),
-            opportunity_notional=op.notional,
-            decision="execute" if plan.execute else "skip",
-            reason=plan.reason,
-            inputs=plan.inputs,
-            estimate=None
-            if estimate is None
-            else {
-                "reward_gross": estimate.reward.gross,
-                "reward_capped": estimate.reward.capped,
-                "protocol_cap": estimate.reward.protocol_cap,
-                "operator_cap": estimate.reward.operator_cap,
-                "gas_cost": estimate.gas_cost,
-                "l1_cost": estimate.l1_cost,
-                "unwind_cost": estimate.unwind_cost,
-                "swap_value": estimate.swap_value,
-                "profit": estimate.profit,
-                "min_profit": estimate.min_profit,
-            },
-            steps=[{"label": s.label, "to": s.to, "calldata": s.data, "gas": s.gas} for s in plan.steps],
-            dry_run=self.dry_run,
+    # --- failures -----------------------------------------------------------------------------------------
+    def _failed(
+        self, result: Result, strategy: Strategy[Any], opportunity: Opportunity, stage: str, exc: Exception
+    ) -> Result:
+        kind = self._survived(exc, stage, strategy=strategy.name, opportunity=opportunity)
+        self.cooling[opportunity.key] = (self.clock() + self.error_cooldown, kind)
+        if result.status != "executed":
+            result.status = "failed"
+        result.reason = f"{stage} failed: {type(exc).__name__}: {exc}"
+        return result
+
+    def _survived(
+        self,
+        exc: Exception,
+        stage: str,
+        *,
+        strategy: str,
+        opportunity: Opportunity | None = None,
+        block: int | None = None,
+    ) -> str:
+        """Record a failure the keeper goes on after: audit record, one log line, a metric by kind."""
+        kind = error_kind(exc)
+        if self.metrics is not None:
+            self.metrics.errors.labels(kind).inc()
+        self.audit.record(**records.error(strategy, stage, kind, exc, opportunity, block))
+        account = opportunity.account if opportunity is not None else None
+        log.warning(
+            "%s %s failed%s: %s: %s",
+            strategy,
+            stage,
+            f" for {account}" if account else "",
+            type(exc).__name__,
+            exc,
+            extra={"account": account, "stage": stage, "error_kind": kind},
         )
+        log.debug("traceback of the %s failure", stage, exc_info=exc)
+        return kind
 
-
-def _market(op: Opportunity) -> str | None:
-    return (
-        getattr(op, "base_token", None)
-        or getattr(op, "collateral_token", None)
-        or getattr(op, "market", None)
-    )
+    def _prune_cooling(self) -> None:
+        now = self.clock()
+        for key in [k for k, (until, _) in self.cooling.items() if until <= now]:
+            del self.cooling[key]

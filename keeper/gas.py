@@ -6,6 +6,7 @@ chains: then the L1 fee is 0 and `l1_note` says why, so a profit decision can sh
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from keeper.errors import RpcError
 from keeper.profit import GasPrice, TxCost, tx_cost
 from keeper.rpc import BlockId, Rpc
 
+log = logging.getLogger(__name__)
+LOW_ETH_WEI = 10**16  # 0.01 ETH
 GAS_PRICE_ORACLE = "0x420000000000000000000000000000000000000F"
 GWEI = 10**9
 
@@ -41,15 +44,7 @@ async def gas_price(rpc: Rpc, max_fee_gwei: int | None = None) -> GasPrice:
 
 async def l1_fee_upper_bound(rpc: Rpc, unsigned_tx_size: int, block: BlockId = "latest") -> L1Fee:
     """GasPriceOracle.getL1FeeUpperBound(size) (Fjord): cheap, and exact at the 100-byte floor."""
-    code = await rpc.request("eth_getCode", [GAS_PRICE_ORACLE, block])
-    if code in (None, "0x", ""):
-        return L1Fee(0, "no GasPriceOracle at 0x42..0F: L1 data fee counted as 0")
-    data = encode_call("getL1FeeUpperBound(uint256)", unsigned_tx_size)
-    try:
-        (wei,) = decode(["uint256"], await rpc.call(GAS_PRICE_ORACLE, data, block))
-    except RpcError as exc:
-        return L1Fee(0, f"GasPriceOracle.getL1FeeUpperBound reverted ({exc.message}): L1 fee counted as 0")
-    return L1Fee(int(wei))
+    return (await l1_fees(rpc, [unsigned_tx_size], block))[0]
 
 
 UNSIGNED_TX_OVERHEAD = 60  # bytes of an unsigned EIP-1559 tx beside its calldata
@@ -58,13 +53,28 @@ UNSIGNED_TX_OVERHEAD = 60  # bytes of an unsigned EIP-1559 tx beside its calldat
 async def tx_costs(rpc: Rpc, txs: Sequence[tuple[int, int]], price: GasPrice) -> tuple[list[TxCost], str]:
     """The cost of each (gas units, calldata bytes) transaction: L2 execution plus its L1 data fee.
 
-    The second value says why the L1 fee is 0, when it is."""
-    costs, note = [], ""
-    for units, calldata_size in txs:
-        l1 = await l1_fee_upper_bound(rpc, calldata_size + UNSIGNED_TX_OVERHEAD)
-        note = note or l1.note
-        costs.append(tx_cost(units, price, l1.wei))
-    return costs, note
+    The L1 fees are read in one batch. The second value says why the L1 fee is 0, when it is."""
+    fees = await l1_fees(rpc, [size + UNSIGNED_TX_OVERHEAD for _, size in txs])
+    note = next((f.note for f in fees if f.note), "")
+    return [tx_cost(units, price, fee.wei) for (units, _), fee in zip(txs, fees, strict=True)], note
+
+
+async def l1_fees(rpc: Rpc, unsigned_sizes: Sequence[int], block: BlockId = "latest") -> list[L1Fee]:
+    """GasPriceOracle.getL1FeeUpperBound of each size, in one batch (none where there is no oracle)."""
+    if not unsigned_sizes:
+        return []
+    code = await rpc.request("eth_getCode", [GAS_PRICE_ORACLE, block])
+    if code in (None, "0x", ""):
+        return [L1Fee(0, "no GasPriceOracle at 0x42..0F: L1 data fee counted as 0") for _ in unsigned_sizes]
+    calls = [(GAS_PRICE_ORACLE, encode_call("getL1FeeUpperBound(uint256)", n)) for n in unsigned_sizes]
+    fees = []
+    for answer in await rpc.calls_at(calls, block):
+        if isinstance(answer, RpcError):
+            note = f"GasPriceOracle.getL1FeeUpperBound reverted ({answer.message}): L1 fee counted as 0"
+            fees.append(L1Fee(0, note))
+        else:
+            fees.append(L1Fee(int(decode(["uint256"], answer)[0])))
+    return fees
 
 
 async def estimate_gas(rpc: Rpc, sender: str, to: str, data: bytes) -> int | None:
@@ -74,3 +84,10 @@ async def estimate_gas(rpc: Rpc, sender: str, to: str, data: bytes) -> int | Non
         return int(await rpc.request("eth_estimateGas", [tx]), 16)
     except RpcError:
         return None
+
+
+async def warn_low_gas(rpc: Rpc, keeper: str) -> None:
+    """Warn before the keeper runs out of ETH for gas (a side job of `run`)."""
+    balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
+    if balance < LOW_ETH_WEI:
+        log.warning("keeper %s has %.4f ETH left for gas", keeper, balance / 10**18)

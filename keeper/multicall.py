@@ -9,7 +9,7 @@ cap (50M on op-geth) and Perp's account views cost ~100-250k gas each.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -125,3 +125,15 @@ async def execute(
                 raise answer
             results[i] = decode_aggregate3([calls[i]], answer)[0]
     return results
+
+
+Reader = Callable[[Sequence[Call], int], Awaitable[list[Result]]]
+
+
+def reader(rpc: Rpc, multicall3: str) -> Reader:
+    """Views at a pinned block, batched through the deployment's Multicall3: the one read path."""
+
+    async def read(calls: Sequence[Call], block: int) -> list[Result]:
+        return await execute(rpc, calls, block, multicall=multicall3)
+
+    return read

@@ -1,9 +1,8 @@
 """Pure money math for every strategy: rewards, reward caps, gas (L2 + OP-stack L1), unwind, profit.
 
-Integers only. USD amounts are 18-decimal fixed point (`X18`), gas amounts are wei, Perp ratios are
-1e6 units. Rounding follows the contracts where a contract computes the amount (floor division, as
-`FullMath.mulDiv` and `SafeMath.div` do), and rounds *against* the keeper where it is an estimate
-(costs up, rewards down), so an estimate can only be pessimistic.
+Integers only. USD amounts are 18-decimal fixed point (`X18`), gas amounts are wei. Protocol-free: each
+protocol computes its own gross reward (`strategies/<protocol>/`) and this model caps, costs and decides.
+Estimates round *against* the keeper (costs up, rewards down), so an estimate can only be pessimistic.
 
 The model (../shared/docs/profitability.md, 4.1):
     reward_capped = min(reward_gross, protocol cap, operator cap)
@@ -17,49 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 X18 = 10**18
-RATIO = 10**6
-MIN_PARTIAL_LIQUIDATE_POSITION_VALUE = 100 * X18  # AccountBalance._MIN_PARTIAL_LIQUIDATE_POSITION_VALUE
-
-
-def mul_ratio(value: int, ratio: int) -> int:
-    """PerpMath.mulRatio: value x ratio / 1e6, rounded toward zero like Solidity's signed division."""
-    product = value * ratio
-    return product // RATIO if product >= 0 else -((-product) // RATIO)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -((-a) // b)
-
-
-# --- Perp v2 position liquidation -------------------------------------------------------------------
-
-
-def liquidatable_size(
-    position_size: int,
-    position_value_abs: int,
-    total_abs_position_value: int,
-    account_value: int,
-    margin_requirement: int,
-) -> int:
-    """AccountBalance.getLiquidatablePositionSize (2.8.4, 292-333), from already-read values."""
-    if account_value >= margin_requirement or position_size == 0:
-        return 0
-    if position_value_abs <= MIN_PARTIAL_LIQUIDATE_POSITION_VALUE:
-        return position_size
-    ratio = RATIO
-    if account_value >= _solidity_div(margin_requirement, 2):
-        ratio = min(RATIO, total_abs_position_value * RATIO // (position_value_abs * 2))
-    return mul_ratio(position_size, ratio)
-
-
-def liquidation_penalty(liquidated_notional: int, penalty_ratio: int) -> int:
-    """ClearingHouse._liquidate: |notional| x liquidationPenaltyRatio (FullMath.mulDiv, floor)."""
-    return abs(liquidated_notional) * penalty_ratio // RATIO
-
-
-def liquidator_share(penalty: int, account_value_before: int) -> int:
-    """Half the penalty (floor), or all of it when the trader's account value was negative."""
-    return penalty if account_value_before < 0 else penalty // 2
 
 
 # --- caps ---------------------------------------------------------------------------------------------
@@ -125,10 +81,14 @@ def fjord_l1_fee(
     fastlz_size: int, l1_base_fee: int, base_fee_scalar: int, blob_base_fee: int, blob_base_fee_scalar: int
 ) -> int:
     """GasPriceOracle._getL1FeeFjord for a compressed size that already includes the +68 bytes."""
-    estimated_size = max(100 * RATIO, -42_585_600 + 836_500 * fastlz_size)
+    estimated_size = max(100 * 10**6, -42_585_600 + 836_500 * fastlz_size)
     return (
         estimated_size * (16 * l1_base_fee * base_fee_scalar + blob_base_fee * blob_base_fee_scalar) // 10**12
     )
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
 
 
 def wei_to_usd(wei: int, eth_usd: int) -> int:
@@ -189,9 +149,3 @@ def usd_text(x18: int) -> str:
     sign = "-" if x18 < 0 else ""
     cents = abs(x18) // 10**16
     return f"{sign}{cents // 100:,}.{cents % 100:02d} USD"
-
-
-def _solidity_div(a: int, b: int) -> int:
-    """Signed division rounding toward zero (SignedSafeMath.div)."""
-    q = abs(a) // abs(b)
-    return q if (a >= 0) == (b > 0) else -q

@@ -271,6 +271,27 @@ class UniswapV3:
         return encode_call(EXACT_INPUT_SINGLE, params)
 
 
+def configured_sources(
+    rpc: Rpc, chain_id: int, quoter_v2: str | None, swap_router: str | None, env: Mapping[str, str]
+) -> list[QuoteSource]:
+    """Uniswap v3 on chain always; an aggregator when its API key or URL is configured."""
+    sources: list[QuoteSource] = [UniswapV3.configured(rpc, quoter_v2, swap_router, env)]
+    for name, kind, default_url in (
+        ("0X", ZeroEx, "https://api.0x.org"),
+        ("1INCH", OneInch, "https://api.1inch.dev"),
+    ):
+        key, url = env.get(f"KEEPER_{name}_API_KEY"), env.get(f"KEEPER_{name}_API_URL")
+        if key or url:
+            sources.append(kind(url or default_url, key, chain_id))
+    return sources
+
+
+async def close_sources(sources: Sequence[QuoteSource]) -> None:
+    for source in sources:
+        if isinstance(source, HttpAggregator):
+            await source.close()
+
+
 # --- choosing -------------------------------------------------------------------------------------------
 
 

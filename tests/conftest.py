@@ -15,7 +15,7 @@ import pytest
 from devnet import up
 from devnet.chain import DevChain
 from devnet.scenario import Trader
-from keeper.scan import Session, open_session
+from strategies.perp_v2.plugin import PerpSession, open_session
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +38,7 @@ def chain(devnet: up.Devnet) -> Iterator[DevChain]:
 
 
 @pytest.fixture
-async def session(devnet: up.Devnet, chain: DevChain, tmp_path: Path) -> AsyncIterator[Session]:
+async def session(devnet: up.Devnet, chain: DevChain, tmp_path: Path) -> AsyncIterator[PerpSession]:
     """The keeper's scan session on the devnet (fresh state db), closed after the test."""
     opened = await open_session(devnet.url, devnet.metadata_path, tmp_path / "keeper.sqlite")
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from keeper.metadata import load_metadata
+from strategies.perp_v2.metadata import load_metadata
 
 CLI = [sys.executable, "-m", "keeper.cli"]
 

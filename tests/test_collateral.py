@@ -19,9 +19,9 @@ from keeper.audit import AuditLog
 from keeper.engine import Engine
 from keeper.profit import X18
 from keeper.quotes import OneInch, QuoteSource, UniswapV3, ZeroEx
-from keeper.scan import Session
 from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+from strategies.perp_v2.plugin import PerpSession
 from tests.helpers import run_once
 
 WETH_ACCOUNTS = ("weth-leveraged", "weth-debt-threshold", "weth-debt-ratio")
@@ -35,7 +35,7 @@ def fake(devnet: up.Devnet) -> Iterator[FakeAggregators]:
 
 
 def sources(
-    session: Session, fake: FakeAggregators, chain_id: int, timeout: float = 5.0
+    session: PerpSession, fake: FakeAggregators, chain_id: int, timeout: float = 5.0
 ) -> list[QuoteSource]:
     d = session.deployment
     assert d.quoter_v2 is not None
@@ -47,7 +47,7 @@ def sources(
     ]
 
 
-def collateral_strategy(session: Session, quote_sources: list[QuoteSource]) -> PerpV2Collateral:
+def collateral_strategy(session: PerpSession, quote_sources: list[QuoteSource]) -> PerpV2Collateral:
     return PerpV2Collateral(
         session.deployment, session.scanner, session.rpc, session.read, quote_sources, CollateralSettings()
     )
@@ -95,7 +95,7 @@ def test_run_once_liquidates_positions_then_collateral_and_sells_it_for_more_usd
 
 
 async def test_aggregator_failures_fall_back_to_the_others_and_uniswap(
-    devnet: up.Devnet, fake: FakeAggregators, session: Session
+    devnet: up.Devnet, fake: FakeAggregators, session: PerpSession
 ) -> None:
     d = session.deployment
     assert d.weth9 is not None
@@ -118,7 +118,7 @@ async def test_aggregator_failures_fall_back_to_the_others_and_uniswap(
 
 
 async def test_every_quote_below_the_repaid_usdc_is_skipped_with_a_reason(
-    devnet: up.Devnet, fake: FakeAggregators, session: Session
+    devnet: up.Devnet, fake: FakeAggregators, session: PerpSession
 ) -> None:
     fake.modes["0x"] = "low"
     strategy = collateral_strategy(session, [ZeroEx(fake.url, "k", session.deployment.chain_id)])
@@ -134,7 +134,7 @@ async def test_every_quote_below_the_repaid_usdc_is_skipped_with_a_reason(
 
 
 async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collateral(
-    devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, session: Session, tmp_path: Path
+    devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, session: PerpSession, tmp_path: Path
 ) -> None:
     fake.modes["0x"] = "inflate"  # quotes 1.5x what the pool gives: minOut cannot be met
     strategy = collateral_strategy(session, [ZeroEx(fake.url, "k", session.deployment.chain_id)])
@@ -144,7 +144,7 @@ async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collater
     await strategy.refresh()
     target = devnet.scenario.traders["weth-debt-threshold"].address
     op = next(o for o in strategy.opportunities() if o.account == target)
-    result = await engine._carry_out(strategy, await strategy.plan(op, KEEPER_ADDRESS))
+    result = await engine._attempt(strategy, op)
     assert result.status == "executed"  # the liquidation itself
     assert "simulation-failed" in result.reason
     assert "Too little received" in result.reason
@@ -153,7 +153,7 @@ async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collater
 
 
 async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vault_itself(
-    devnet: up.Devnet, chain: DevChain, session: Session
+    devnet: up.Devnet, chain: DevChain, session: PerpSession
 ) -> None:
     d = devnet.deployment
     keeper = Web3.to_checksum_address(KEEPER_ADDRESS)
@@ -170,6 +170,6 @@ async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vau
         if o.account == devnet.scenario.traders["weth-debt-threshold"].address
     )
     plan = await strategy.plan(op, KEEPER_ADDRESS)
-    assert plan.inputs["wallet_short"] is True
-    assert plan.inputs["repay_usdc"] == 50 * 10**6
+    assert plan.detail["wallet_short"] is True
+    assert plan.detail["repay_usdc"] == 50 * 10**6
     assert [s.label for s in plan.steps] == ["approve USDC for the Vault", "liquidateCollateral"]

@@ -8,13 +8,9 @@ import pytest
 
 from devnet import toolchain, up
 from keeper.errors import MetadataError
-from keeper.metadata import (
-    CORE_CONTRACTS,
-    DEFAULT_MULTICALL3,
-    load_metadata,
-    parse_metadata,
-    parse_synthetix_metadata,
-)
+from keeper.metadata import DEFAULT_MULTICALL3
+from strategies.perp_v2.metadata import CORE_CONTRACTS, load_metadata, parse_metadata
+from strategies.synthetix_perps_v2.metadata import parse_synthetix_metadata
 
 PUBLISHED = toolchain.package_dir(toolchain.PERP_DEPLOYMENTS) / "optimism/core/metadata.json"
 

@@ -12,7 +12,7 @@ from devnet.optimism import set_l1_prices
 from devnet.scenario import KEEPER_ADDRESS
 from keeper import gas
 from keeper.profit import X18
-from keeper.scan import Session, open_session
+from strategies.perp_v2.plugin import PerpSession, open_session
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
 
 
@@ -26,7 +26,7 @@ def op_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[up.Devnet]:
 
 
 @pytest.fixture
-async def session(op_devnet: up.Devnet, tmp_path: Path) -> AsyncIterator[Session]:
+async def session(op_devnet: up.Devnet, tmp_path: Path) -> AsyncIterator[PerpSession]:
     opened = await open_session(op_devnet.url, op_devnet.metadata_path, tmp_path / "op.sqlite")
     try:
         yield opened
@@ -36,7 +36,7 @@ async def session(op_devnet: up.Devnet, tmp_path: Path) -> AsyncIterator[Session
 
 @pytest.mark.chain
 async def test_only_the_l1_fee_makes_a_liquidation_unprofitable(
-    op_devnet: up.Devnet, session: Session
+    op_devnet: up.Devnet, session: PerpSession
 ) -> None:
     strategy = PerpV2Positions(
         session.deployment,
@@ -51,7 +51,7 @@ async def test_only_the_l1_fee_makes_a_liquidation_unprofitable(
     assert without_l1.execute, without_l1.reason
     assert without_l1.estimate is not None
     assert without_l1.estimate.l1_cost == 0
-    assert "no GasPriceOracle" in without_l1.inputs["l1_note"]
+    assert "no GasPriceOracle" in without_l1.detail["l1_note"]
 
     # an L1 congested enough that posting a keeper tx costs more than the reward
     reward = without_l1.estimate.reward.capped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keeper import profit
 from keeper.profit import X18, GasPrice
+from strategies.perp_v2 import liquidation
 
 GWEI = 10**9
 ETH_FOR_GAS = 3_000 * X18
@@ -13,12 +14,12 @@ def test_example_b_perp_partial_liquidation_of_2m_notional() -> None:
     # long 1,000 ETH at mark 2,000, account value 100,000, requirement 125,000 (6.25 %)
     size, mark = 1_000 * X18, 2_000 * X18
     value = size * mark // X18
-    liquidated = profit.liquidatable_size(size, value, value, 100_000 * X18, 125_000 * X18)
+    liquidated = liquidation.liquidatable_size(size, value, value, 100_000 * X18, 125_000 * X18)
     assert liquidated == 500 * X18  # 50 %: account value >= half the requirement
     notional = liquidated * mark // X18
-    penalty = profit.liquidation_penalty(notional, 25_000)
+    penalty = liquidation.liquidation_penalty(notional, 25_000)
     assert penalty == 25_000 * X18
-    assert profit.liquidator_share(penalty, 100_000 * X18) == 12_500 * X18
+    assert liquidation.liquidator_share(penalty, 100_000 * X18) == 12_500 * X18
     # with the operator's 5,000 cap and a 3,497.5 unwind: about 1,500 counted
     reward = profit.cap_reward(12_500 * X18, protocol_cap=None, operator_cap=5_000 * X18)
     assert reward.capped == 5_000 * X18
@@ -31,10 +32,10 @@ def test_a_1000_usd_cap_values_a_2m_notional_liquidation_at_1000() -> None:
     # margin ratio under 3.125 %: the whole 2,000,000 notional; bad debt: the whole penalty
     size, mark = 1_000 * X18, 2_000 * X18
     value = size * mark // X18
-    liquidated = profit.liquidatable_size(size, value, value, -1 * X18, 125_000 * X18)
+    liquidated = liquidation.liquidatable_size(size, value, value, -1 * X18, 125_000 * X18)
     assert liquidated == size
-    penalty = profit.liquidation_penalty(liquidated * mark // X18, 25_000)
-    gross = profit.liquidator_share(penalty, -1 * X18)
+    penalty = liquidation.liquidation_penalty(liquidated * mark // X18, 25_000)
+    gross = liquidation.liquidator_share(penalty, -1 * X18)
     assert gross == 50_000 * X18
     reward = profit.cap_reward(gross, protocol_cap=None, operator_cap=1_000 * X18)
     assert reward.capped == 1_000 * X18
@@ -83,10 +84,10 @@ def test_max_fee_ceiling_cuts_the_tip() -> None:
 
 def test_liquidatable_size_edges() -> None:
     assert (
-        profit.liquidatable_size(5 * X18, 10_000 * X18, 10_000 * X18, 625 * X18, 625 * X18) == 0
+        liquidation.liquidatable_size(5 * X18, 10_000 * X18, 10_000 * X18, 625 * X18, 625 * X18) == 0
     )  # not liq.
-    assert profit.liquidatable_size(X18, 100 * X18, 100 * X18, 1, 7 * X18) == X18  # <= 100 USD: whole
+    assert liquidation.liquidatable_size(X18, 100 * X18, 100 * X18, 1, 7 * X18) == X18  # <= 100 USD: whole
     # two markets: this one is 1/4 of the total, so min(1, 4/2) = 100 %
-    assert profit.liquidatable_size(-X18, 2_500 * X18, 10_000 * X18, 600 * X18, 625 * X18) == -X18
+    assert liquidation.liquidatable_size(-X18, 2_500 * X18, 10_000 * X18, 600 * X18, 625 * X18) == -X18
     # signed sizes round toward zero like PerpMath.mulRatio
-    assert profit.mul_ratio(-3, 500_000) == -1
+    assert liquidation.mul_ratio(-3, 500_000) == -1

@@ -18,12 +18,12 @@ from devnet.deploy import UINT256_MAX
 from devnet.proxy import RpcProxy
 from devnet.scenario import DEADLINE, ScenarioBuilder, Trader
 from keeper import cli
-from keeper.scan import Session, open_session
 from strategies.perp_v2 import risk
+from strategies.perp_v2.plugin import PerpSession, open_session
 
 
 async def test_scan_agrees_exactly_with_the_contracts_views_for_every_account(
-    devnet: up.Devnet, session: Session
+    devnet: up.Devnet, session: PerpSession
 ) -> None:
     await session.scanner.full_scan()
     snapshot = session.scanner.snapshot
@@ -56,7 +56,7 @@ async def test_scan_agrees_exactly_with_the_contracts_views_for_every_account(
 
 
 async def test_opportunities_match_the_scenario_and_run_largest_first(
-    devnet: up.Devnet, session: Session
+    devnet: up.Devnet, session: PerpSession
 ) -> None:
     await session.scanner.full_scan()
     found = session.scanner.opportunities()

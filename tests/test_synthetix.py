@@ -15,7 +15,8 @@ from devnet.chain import DEPLOYER, DevChain
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from devnet.synthetix import SynthetixDeployment, bytes32
 from devnet.synthetix_scenario import FLAG_AND_LIQUIDATE, FORCE_ONLY, LIQUIDATE_ONLY, SynthetixScenario
-from keeper.scan import SynthetixSession, open_synthetix_session
+from keeper.protocol import Session as SynthetixSession
+from strategies.synthetix_perps_v2.plugin import open_session as open_synthetix_session
 from strategies.synthetix_perps_v2.strategy import SynthetixPerpsV2, SynthetixSettings
 from strategies.synthetix_perps_v2.views import Position
 from tests.helpers import cli_output, run_once
@@ -160,7 +161,7 @@ async def test_launch_parameters_estimate_exactly_what_the_contract_pays(
     await strategy.refresh()
     trader = s.traders["eth-long-1000"]
     plan = await strategy.plan(find(strategy, trader.address), KEEPER_ADDRESS)
-    i = plan.inputs
+    i = plan.detail
     assert (i["liquidation_fee_ratio"], i["min_keeper_fee"]) == (35 * UNIT // 10_000, 2 * UNIT)
     assert (i["max_keeper_fee"], i["keeper_liquidation_fee"]) == (1_000 * UNIT, 2 * UNIT)
     assert i["reward_susd"] == 1_002 * UNIT  # 1,000 flag fee (capped) + 2 liquidation fee
@@ -190,7 +191,7 @@ async def test_oversized_position_is_skipped_unless_the_keeper_is_endorsed(
     d.chain.send(d["FuturesMarketManager"].functions.addEndorsedAddresses([KEEPER_ADDRESS]))
     plan = await strategy.plan(find(strategy, trader.address), KEEPER_ADDRESS)
     assert [s.label for s in plan.steps] == ["flagPosition", "forceLiquidatePosition"]
-    assert plan.inputs["reward_susd"] == 1_000 * UNIT  # the flag fee; the forced step pays nothing
+    assert plan.detail["reward_susd"] == 1_000 * UNIT  # the flag fee; the forced step pays nothing
     assert plan.execute, plan.reason
 
     # what the reason says: liquidatePosition refuses it once flagged
@@ -211,8 +212,8 @@ async def test_parameters_are_read_again_when_the_settings_change(
     d.chain.send(settings.setKeeperLiquidationFee(3 * UNIT))
     await strategy.refresh()
     plan = await strategy.plan(find(strategy, trader.address), KEEPER_ADDRESS)
-    assert plan.inputs["reward_susd"] == 503 * UNIT
-    assert plan.inputs["contract_liquidation_fee_view"] == 500 * UNIT
+    assert plan.detail["reward_susd"] == 503 * UNIT
+    assert plan.detail["contract_liquidation_fee_view"] == 500 * UNIT
 
 
 # --- perp-keeper run --once -------------------------------------------------------------------------------

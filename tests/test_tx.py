@@ -13,7 +13,7 @@ from devnet.scenario import KEEPER_KEY
 from keeper.codec import encode_call
 from keeper.rpc import Rpc
 from keeper.tx import TxManager, TxRequest
-from strategies.perp_v2.positions import LIQUIDATE
+from strategies.perp_v2.positions import LIQUIDATE_SIGNATURE
 
 
 async def eventually(condition: Callable[[], bool], seconds: float = 20) -> None:
@@ -43,7 +43,7 @@ async def test_a_failing_simulation_is_never_sent_and_cools_the_account_down(
             "a",
             healthy,
             devnet.deployment["ClearingHouse"].address,
-            encode_call(LIQUIDATE, healthy, base, 1),
+            encode_call(LIQUIDATE_SIGNATURE, healthy, base, 1),
             "liquidate",
         )
         outcome = await manager.send(request)

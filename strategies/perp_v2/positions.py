@@ -10,6 +10,7 @@ when the margin ratio is above half the maintenance ratio), plans the next round
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,26 +19,28 @@ from eth_abi.abi import decode
 from keeper import gas, profit
 from keeper.codec import encode_call
 from keeper.errors import RpcError
-from keeper.metadata import Deployment
-from keeper.multicall import Call
-from keeper.profit import RATIO, X18
+from keeper.multicall import Reader
+from keeper.profit import X18
 from keeper.rpc import BlockHeader, Rpc
+from keeper.strategy import CLOSE, LIQUIDATE, Plan, Step
 from keeper.tx import TxOutcome, revert_reason
-from strategies.base import Plan, Step
-from strategies.perp_v2 import risk
+from strategies.perp_v2 import liquidation, risk
+from strategies.perp_v2.liquidation import RATIO
+from strategies.perp_v2.metadata import Deployment
 from strategies.perp_v2.reverts import explain
-from strategies.perp_v2.scanner import Reader, Scanner
+from strategies.perp_v2.scanner import Scanner
 
 DEADLINE = 2**64 - 1
 NO_REFERRAL = b"\x00" * 32
 OPEN_POSITION = "openPosition((address,bool,bool,uint256,uint256,uint256,uint160,bytes32))"
 CLOSE_POSITION = "closePosition((address,uint160,uint256,uint256,bytes32))"
-LIQUIDATE = "liquidate(address,address,int256)"
+LIQUIDATE_SIGNATURE = "liquidate(address,address,int256)"
 CANCEL_ALL = "cancelAllExcessOrders(address,address)"
 # gas hints for steps that cannot be estimated before the previous one lands (measured on 2.8.4)
 GAS_LIQUIDATE = 1_000_000
 GAS_CLOSE = 800_000
 MAX_ROUNDS = 10
+PositionPlan = Plan[risk.Opportunity]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,23 @@ class PositionSettings:
     max_fee_gwei: int | None = None  # KEEPER_MAX_FEE_GWEI
 
 
+@dataclass(frozen=True)
+class PositionViews:
+    """What one position liquidation is priced from, read in one batch at one block."""
+
+    block: int
+    account_value: int
+    requirement: int
+    taker: int
+    total: int
+    total_abs: int
+    mark: int
+    has_order: bool
+    keeper_free: int  # the keeper's free collateral by the initial-margin ratio, USDC 6 dp
+    fee_ratio: int
+    eth_usd: int
+
+
 class PerpV2Positions:
     name = "perp-v2-positions"
 
@@ -56,9 +76,6 @@ class PerpV2Positions:
         self, deployment: Deployment, scanner: Scanner, rpc: Rpc, read: Reader, settings: PositionSettings
     ):
         self.d, self.scanner, self.rpc, self.read, self.settings = deployment, scanner, rpc, read, settings
-        self.eth_market = next(
-            (m.base_token for m in deployment.markets if m.base_symbol in ("vETH", "ETH")), None
-        )
 
     async def refresh(self, head: BlockHeader | None = None) -> None:
         await self.scanner.update(head)
@@ -66,107 +83,97 @@ class PerpV2Positions:
     def opportunities(self) -> list[risk.Opportunity]:
         return [o for o in self.scanner.opportunities() if o.kind in (risk.TAKER, risk.MAKER)]
 
+    def explain(self, reason: str) -> str:
+        return explain(reason)
+
     # --- pricing ------------------------------------------------------------------------------------
-    async def plan(self, opportunity: Any, liquidator: str, round_: int = 1) -> Plan:
-        op: risk.Opportunity = opportunity
+    async def plan(self, opportunity: risk.Opportunity, liquidator: str, round_: int = 1) -> PositionPlan:
+        op = opportunity
         params = self.scanner.params
         assert params is not None
         assert op.base_token is not None
-        trader, base = op.account, op.base_token
-        ch, ab = self.d.clearing_house, self.d.account_balance
-        calls = [
-            Call(ch, "getAccountValue(address)", (trader,), ("int256",)),
-            Call(ab, "getMarginRequirementForLiquidation(address)", (trader,), ("int256",)),
-            Call(ab, "getTakerPositionSize(address,address)", (trader, base), ("int256",)),
-            Call(ab, "getTotalPositionSize(address,address)", (trader, base), ("int256",)),
-            Call(ab, "getTotalAbsPositionValue(address)", (trader,), ("uint256",)),
-            Call(ab, "getMarkPrice(address)", (base,), ("uint256",)),
-            Call(ab, "hasOrder(address)", (trader,), ("bool",)),
-            Call(
-                self.d.vault,
-                "getFreeCollateralByRatio(address,uint24)",
-                (liquidator, params.im_ratio),
-                ("int256",),
-            ),
-            Call(self.d.address("MarketRegistry"), "getFeeRatio(address)", (base,), ("uint24",)),
-            Call(self.eth_market or base, "getIndexPrice(uint256)", (0,), ("uint256",)),
-        ]
-        block = await self.rpc.block_number()
-        values = [r.one() for r in await self.read(calls, block)]
-        value, requirement, taker, total, total_abs, mark, has_order, keeper_free, fee_ratio, eth_usd = values
-        size = total if op.kind == risk.MAKER else taker  # cancelling turns the whole position into taker
-        position_abs = abs(size) * mark // X18
-        liquidated = profit.liquidatable_size(size, position_abs, total_abs, value, requirement)
-        notional = abs(liquidated) * mark // X18
-        penalty = profit.liquidation_penalty(notional, params.liquidation_penalty_ratio)
+        v = await self._read(op, liquidator, params.im_ratio)
+        size = v.total if op.kind == risk.MAKER else v.taker  # cancelling turns the whole position into taker
+        liquidated = liquidation.liquidatable_size(
+            size, abs(size) * v.mark // X18, v.total_abs, v.account_value, v.requirement
+        )
+        notional = abs(liquidated) * v.mark // X18
+        penalty = liquidation.liquidation_penalty(notional, params.liquidation_penalty_ratio)
         reward = profit.cap_reward(
-            profit.liquidator_share(penalty, value),
+            liquidation.liquidator_share(penalty, v.account_value),
             protocol_cap=None,
             operator_cap=self.settings.max_keeper_fee,
         )
-        inputs: dict[str, Any] = {
-            "block": block,
-            "round": round_,
-            "stage": "liquidate",
-            "account_value": value,
-            "margin_requirement": requirement,
-            "taker_size": taker,
-            "total_size": total,
-            "mark_price": mark,
-            "has_order": has_order,
-            "liquidatable_size": liquidated,
-            "notional": notional,
-            "penalty": penalty,
-            "reward_gross": reward.gross,
-            "reward_capped": reward.capped,
-            "reward_cap_binding": reward.binding,
-            "keeper_free_collateral_im": keeper_free,
-            "eth_usd": eth_usd,
-            "inherited_policy": self.settings.inherited,
-        }
-        steps = [
-            Step(f"cancelAllExcessOrders {m}", ch, encode_call(CANCEL_ALL, trader, m), 0)
-            for m in op.cancel_markets
-        ]
-        if not has_order:
-            steps = []
-        steps.append(Step("liquidate", ch, encode_call(LIQUIDATE, trader, base, size), GAS_LIQUIDATE))
-
-        def skip(reason: str) -> Plan:
-            return Plan(op, steps, None, False, reason, inputs)
-
-        if value >= requirement:
-            return skip("not liquidatable: account value >= maintenance requirement (CH_EAV)")
+        steps = self._steps(op, v.has_order, size)
+        plan = Plan(
+            op, steps, False, "", LIQUIDATE, round_, liquidated, reward, None, _detail(v, self.settings)
+        )
+        plan.detail.update(notional=notional, penalty=penalty)
+        if v.account_value >= v.requirement:
+            return plan.skip("not liquidatable: account value >= maintenance requirement (CH_EAV)")
         if liquidated == 0:
-            return skip("nothing to liquidate in this market")
-        initial_margin = profit.mul_ratio(notional, params.im_ratio)
-        if keeper_free * 10**12 < initial_margin:
-            return skip(
-                f"keeper free collateral {profit.usd_text(keeper_free * 10**12)} < initial margin "
+            return plan.skip("nothing to liquidate in this market")
+        initial_margin = liquidation.mul_ratio(notional, params.im_ratio)
+        if v.keeper_free * 10**12 < initial_margin:
+            return plan.skip(
+                f"keeper free collateral {profit.usd_text(v.keeper_free * 10**12)} < initial margin "
                 f"{profit.usd_text(initial_margin)} of the position it would take over: "
                 "deposit USDC in the Vault"
             )
-        unwind, note = await self._unwind_cost(liquidator, base, liquidated, notional, fee_ratio)
-        inputs["unwind_note"] = note
-        steps = [await self._estimated(step, liquidator) for step in steps]
-        price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)
-        closing = [
-            Step("close", ch, encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL)), GAS_CLOSE)
+        return await self._priced(plan, liquidator, v, notional)
+
+    async def _read(self, op: risk.Opportunity, liquidator: str, im_ratio: int) -> PositionViews:
+        assert op.base_token is not None
+        calls = self.scanner.views.position_plan_calls(op.account, op.base_token, liquidator, im_ratio)
+        block = await self.rpc.block_number()
+        values = [r.one() for r in await self.read(calls, block)]
+        return PositionViews(block, *values)
+
+    def _steps(self, op: risk.Opportunity, has_order: bool, size: int) -> list[Step]:
+        assert op.base_token is not None
+        ch = self.d.clearing_house
+        cancels = [
+            Step(f"cancelAllExcessOrders {m}", ch, encode_call(CANCEL_ALL, op.account, m), 0)
+            for m in op.cancel_markets
         ]
-        priced = steps + (closing if self.settings.inherited == "close" else [])
-        costs, l1_note = await gas.tx_costs(self.rpc, [(s.gas, len(s.data)) for s in priced], price)
-        if l1_note:
-            inputs["l1_note"] = l1_note
-        estimate = profit.estimate(reward, costs, eth_usd, self.settings.min_profit, unwind_cost=unwind)
-        inputs.update(
+        liquidate = Step(
+            "liquidate", ch, encode_call(LIQUIDATE_SIGNATURE, op.account, op.base_token, size), GAS_LIQUIDATE
+        )
+        return [*(cancels if has_order else []), liquidate]
+
+    async def _priced(
+        self, plan: PositionPlan, liquidator: str, v: PositionViews, notional: int
+    ) -> PositionPlan:
+        """Unwind cost, gas of every step (the close included under `close`) and the profit decision."""
+        base = plan.opportunity.base_token
+        assert base is not None
+        assert plan.reward is not None
+        (unwind, note), steps, price = await asyncio.gather(
+            self._unwind_cost(liquidator, base, plan.size, notional, v.fee_ratio),
+            asyncio.gather(*(self._estimated(step, liquidator) for step in plan.steps)),
+            gas.gas_price(self.rpc, self.settings.max_fee_gwei),
+        )
+        plan.steps = list(steps)
+        close = encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
+        priced = [(s.gas, len(s.data)) for s in plan.steps]
+        if self.settings.inherited == "close":
+            priced.append((GAS_CLOSE, len(close)))
+        costs, l1_note = await gas.tx_costs(self.rpc, priced, price)
+        plan.estimate = profit.estimate(
+            plan.reward, costs, v.eth_usd, self.settings.min_profit, unwind_cost=unwind
+        )
+        plan.execute, plan.reason = plan.estimate.profitable, plan.estimate.reason
+        plan.detail.update(
+            unwind_note=note,
             gas_units=sum(c.gas for c in costs),
             gas_price_wei=price.effective,
-            gas_cost=estimate.gas_cost,
-            l1_cost=estimate.l1_cost,
+            gas_cost=plan.estimate.gas_cost,
+            l1_cost=plan.estimate.l1_cost,
             unwind_cost=unwind,
-            profit=estimate.profit,
+            profit=plan.estimate.profit,
+            **({"l1_note": l1_note} if l1_note else {}),
         )
-        return Plan(op, steps, estimate, estimate.profitable, estimate.reason, inputs)
+        return plan
 
     async def _estimated(self, step: Step, sender: str) -> Step:
         """eth_estimateGas where the step can run now; the hint where it needs an earlier step first."""
@@ -196,65 +203,56 @@ class PerpV2Positions:
         _, quote = decode(["uint256", "uint256"], bytes.fromhex(str(out).removeprefix("0x")))
         return int(quote)
 
-    def explain(self, reason: str) -> str:
-        return explain(reason)
-
     # --- after a plan ran ---------------------------------------------------------------------------
-    async def follow_up(self, plan: Plan, outcomes: list[TxOutcome], liquidator: str) -> Plan | None:
+    async def follow_up(
+        self, plan: PositionPlan, outcomes: list[TxOutcome], liquidator: str
+    ) -> PositionPlan | None:
         if not outcomes or not all(o.ok for o in outcomes):
             return None
-        op: risk.Opportunity = plan.opportunity  # type: ignore[assignment]
-        round_ = int(plan.inputs.get("round", 1))
-        if plan.inputs.get("stage") == "liquidate" and self.settings.inherited == "close":
-            return await self._close_plan(op, liquidator, round_)
-        if round_ >= MAX_ROUNDS:
+        if plan.stage == LIQUIDATE and self.settings.inherited == "close":
+            return await self._close_plan(plan.opportunity, liquidator, plan.round)
+        if plan.round >= MAX_ROUNDS:
             return None
-        again = await self.plan(op, liquidator, round_ + 1)
+        again = await self.plan(plan.opportunity, liquidator, plan.round + 1)
         return again if again.execute else None
 
-    async def _close_plan(self, op: risk.Opportunity, liquidator: str, round_: int) -> Plan | None:
+    async def _close_plan(self, op: risk.Opportunity, liquidator: str, round_: int) -> PositionPlan | None:
         assert op.base_token is not None
         base = op.base_token
-        held = (
-            await self.read(
-                [
-                    Call(
-                        self.d.account_balance,
-                        "getTakerPositionSize(address,address)",
-                        (liquidator, base),
-                        ("int256",),
-                    )
-                ],
-                await self.rpc.block_number(),
-            )
-        )[0].one()
+        block = await self.rpc.block_number()
+        (held_result,) = await self.read([self.scanner.views.taker_size(liquidator, base)], block)
+        held = int(held_result.one())
         if held == 0:
             return None
-        inputs: dict[str, Any] = {"stage": "close", "round": round_, "keeper_position": held}
+        plan: PositionPlan = Plan(op, [], False, "", CLOSE, round_, detail={"keeper_position": held})
         try:
             quote = await self._quote(
                 liquidator, encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
             )
         except RpcError as exc:
-            return Plan(
-                op,
-                [],
-                None,
-                False,
-                f"cannot close the inherited position: {explain(revert_reason(exc))}",
-                inputs,
-            )
+            return plan.skip(f"cannot close the inherited position: {explain(revert_reason(exc))}")
         bps = self.settings.slippage_bps
         # a long is closed by selling: receive at least quote x (1 - slippage);
         # a short is closed by buying: pay at most quote x (1 + slippage)
         bound = quote * (10_000 - bps) // 10_000 if held > 0 else quote * (10_000 + bps) // 10_000
-        inputs.update(simulated_quote=quote, opposite_amount_bound=bound)
-        step = Step(
-            "close",
-            self.d.clearing_house,
-            encode_call(CLOSE_POSITION, (base, 0, bound, DEADLINE, NO_REFERRAL)),
-            GAS_CLOSE,
-        )
-        return Plan(
-            op, [step], None, True, f"close the inherited position (slippage bound {bps} bps)", inputs
-        )
+        plan.detail.update(simulated_quote=quote, opposite_amount_bound=bound)
+        data = encode_call(CLOSE_POSITION, (base, 0, bound, DEADLINE, NO_REFERRAL))
+        plan.steps = [Step("close", self.d.clearing_house, data, GAS_CLOSE)]
+        plan.execute, plan.reason = True, f"close the inherited position (slippage bound {bps} bps)"
+        return plan
+
+
+def _detail(v: PositionViews, settings: PositionSettings) -> dict[str, Any]:
+    """The views a position decision was made from, for the audit record."""
+    return {
+        "block": v.block,
+        "account_value": v.account_value,
+        "margin_requirement": v.requirement,
+        "taker_size": v.taker,
+        "total_size": v.total,
+        "mark_price": v.mark,
+        "has_order": v.has_order,
+        "keeper_free_collateral_im": v.keeper_free,
+        "eth_usd": v.eth_usd,
+        "inherited_policy": settings.inherited,
+    }

@@ -109,10 +109,13 @@ class Opportunity:
     cancel_markets: tuple[str, ...] = ()  # makers: every market whose orders must be cancelled first
 
     @property
+    def market(self) -> str | None:
+        """The market (base token) of a position, or the collateral token of a collateral liquidation."""
+        return self.base_token or self.collateral_token
+
+    @property
     def key(self) -> str:
-        return (
-            f"{self.kind}:{self.account.lower()}:{(self.base_token or self.collateral_token or '').lower()}"
-        )
+        return f"{self.kind}:{self.account.lower()}:{(self.market or '').lower()}"
 
     def sort_key(self) -> tuple[int, int, int, str, str]:
         return (
@@ -214,14 +217,10 @@ class Tolerance:
     always: bool = False
 
 
-def tolerance(account: Account, snapshot: Snapshot, params: Params) -> Tolerance:
-    """The largest relative move of any of its prices that cannot make `account` liquidatable.
-
-    For each condition, cushion - drift >= 5/4 x the worst-case loss, with the loss linear in the
-    move: taker PnL is |size| x dmark exactly, the requirement grows by its ratio of that, collateral
-    loses at most its full value x dprice. Makers are always read: their impermanent position is not
-    linear in price.
-    """
+def _exposures(
+    account: Account, snapshot: Snapshot, params: Params
+) -> tuple[int, int, list[tuple[str, int]]]:
+    """(position notional, collateral value, the prices they were valued at), X18 USD."""
     refs: list[tuple[str, int]] = []
     position_exposure = 0
     for p in account.positions:
@@ -234,6 +233,18 @@ def tolerance(account: Account, snapshot: Snapshot, params: Params) -> Tolerance
         if config is not None and price is not None:
             collateral_exposure += collateral_value(balance, price, config)
             refs.append((token, price))
+    return position_exposure, collateral_exposure, refs
+
+
+def tolerance(account: Account, snapshot: Snapshot, params: Params) -> Tolerance:
+    """The largest relative move of any of its prices that cannot make `account` liquidatable.
+
+    For each condition, cushion - drift >= 5/4 x the worst-case loss, with the loss linear in the
+    move: taker PnL is |size| x dmark exactly, the requirement grows by its ratio of that, collateral
+    loses at most its full value x dprice. Makers are always read: their impermanent position is not
+    linear in price.
+    """
+    position_exposure, collateral_exposure, refs = _exposures(account, snapshot, params)
     prices = tuple(refs)
     if account.has_order or account.liquidatable or account.vault_liquidatable:
         return Tolerance(account.block, 0, prices, always=True)

@@ -18,20 +18,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from keeper.errors import CallFailedError
 from keeper.indexer import Indexer
-from keeper.metadata import Deployment
-from keeper.multicall import Call, Result
+from keeper.multicall import Call, Reader, Result
 from keeper.rpc import BlockHeader
 from strategies.perp_v2 import risk
+from strategies.perp_v2.metadata import Deployment
 from strategies.perp_v2.views import Core, Shape, Views
 
 log = logging.getLogger(__name__)
 
-Reader = Callable[[Sequence[Call], int], Awaitable[list[Result]]]
 DEFAULT_SWEEP_BLOCKS = 300
 
 

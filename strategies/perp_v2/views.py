@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from keeper.codec import topic
 from keeper.indexer import AccountSource
-from keeper.metadata import Deployment
 from keeper.multicall import Call, Result
+from strategies.perp_v2.metadata import Deployment
 from strategies.perp_v2.risk import Account, CollateralConfig, Params, Position
 
 COLLATERAL_TWAP_SECONDS = 900  # Vault._COLLATERAL_TWAP_INTERVAL
@@ -79,6 +79,8 @@ class Views:
         self.order_book = d.address("OrderBook")
         self.config = d.address("ClearingHouseConfig")
         self.collateral_manager = d.address("CollateralManager")
+        self.market_registry = d.address("MarketRegistry")
+        self.eth_market = d.eth_market
         self.collateral_decimals = {c.address.lower(): c.decimals for c in d.collaterals}
 
     # --- protocol parameters and prices -----------------------------------------------------------
@@ -123,9 +125,7 @@ class Views:
         return Params(mm, im, penalty, buffer, debt_ratio, liquidation_ratio, collaterals)
 
     def price_calls(self, bases: Sequence[str], tokens: Sequence[str]) -> list[Call]:
-        return [
-            Call(self.account_balance, "getMarkPrice(address)", (b,), ("uint256",), GAS_MARK) for b in bases
-        ] + [
+        return [self.mark_price(b) for b in bases] + [
             Call(
                 self.collateral_manager,
                 "getPrice(address,uint256)",
@@ -136,27 +136,74 @@ class Views:
             for t in tokens
         ]
 
+    # --- single views: the builders every read is made of (the scan and the plans alike) ------------
+    def account_value(self, trader: str, markets: int = 1) -> Call:
+        gas = GAS_ACCOUNT_VALUE + GAS_PER_MARKET * max(1, markets)
+        return Call(self.clearing_house, "getAccountValue(address)", (trader,), ("int256",), gas)
+
+    def requirement(self, trader: str, markets: int = 1) -> Call:
+        gas = GAS_REQUIREMENT + GAS_PER_MARKET * max(1, markets)
+        signature = "getMarginRequirementForLiquidation(address)"
+        return Call(self.account_balance, signature, (trader,), ("int256",), gas)
+
+    def has_order(self, trader: str) -> Call:
+        return Call(self.account_balance, "hasOrder(address)", (trader,), ("bool",), GAS_SMALL)
+
+    def taker_size(self, trader: str, base: str) -> Call:
+        signature = "getTakerPositionSize(address,address)"
+        return Call(self.account_balance, signature, (trader, base), ("int256",), GAS_SMALL)
+
+    def total_size(self, trader: str, base: str) -> Call:
+        signature = "getTotalPositionSize(address,address)"
+        return Call(self.account_balance, signature, (trader, base), ("int256",), GAS_SMALL)
+
+    def total_abs_position_value(self, trader: str, markets: int = 1) -> Call:
+        gas = GAS_SMALL + GAS_PER_MARKET * max(1, markets)
+        signature = "getTotalAbsPositionValue(address)"
+        return Call(self.account_balance, signature, (trader,), ("uint256",), gas)
+
+    def mark_price(self, base: str) -> Call:
+        return Call(self.account_balance, "getMarkPrice(address)", (base,), ("uint256",), GAS_MARK)
+
+    def index_price(self, base: str) -> Call:
+        return Call(base, "getIndexPrice(uint256)", (0,), ("uint256",), GAS_MARK)
+
+    def fee_ratio(self, base: str) -> Call:
+        return Call(self.market_registry, "getFeeRatio(address)", (base,), ("uint24",), GAS_SMALL)
+
+    def free_collateral_by_ratio(self, who: str, ratio: int, markets: int = 1) -> Call:
+        gas = GAS_SETTLEMENT_VALUE + GAS_PER_MARKET * max(1, markets)
+        signature = "getFreeCollateralByRatio(address,uint24)"
+        return Call(self.vault, signature, (who, ratio), ("int256",), gas)
+
+    def vault_liquidatable(self, trader: str, markets: int = 1) -> Call:
+        gas = GAS_SMALL + GAS_PER_MARKET * max(1, markets)
+        return Call(self.vault, "isLiquidatable(address)", (trader,), ("bool",), gas)
+
+    def balance_by_token(self, trader: str, token: str) -> Call:
+        signature = "getBalanceByToken(address,address)"
+        return Call(self.vault, signature, (trader, token), ("int256",), GAS_SMALL)
+
+    def max_repaid_and_collateral(self, trader: str, token: str) -> Call:
+        signature = "getMaxRepaidSettlementAndLiquidatableCollateral(address,address)"
+        return Call(self.vault, signature, (trader, token), ("uint256", "uint256"), GAS_SETTLEMENT_VALUE)
+
+    @staticmethod
+    def erc20_balance(token: str, owner: str) -> Call:
+        return Call(token, "balanceOf(address)", (owner,), ("uint256",), GAS_SMALL)
+
+    @staticmethod
+    def erc20_allowance(token: str, owner: str, spender: str) -> Call:
+        return Call(token, "allowance(address,address)", (owner, spender), ("uint256",), GAS_SMALL)
+
     # --- accounts -----------------------------------------------------------------------------------
     def core_calls(self, trader: str, markets: int) -> list[Call]:
-        heavy = GAS_PER_MARKET * max(1, markets)
         return [
-            Call(
-                self.clearing_house,
-                "getAccountValue(address)",
-                (trader,),
-                ("int256",),
-                GAS_ACCOUNT_VALUE + heavy,
-            ),
-            Call(
-                self.account_balance,
-                "getMarginRequirementForLiquidation(address)",
-                (trader,),
-                ("int256",),
-                GAS_REQUIREMENT + heavy,
-            ),
-            Call(self.account_balance, "hasOrder(address)", (trader,), ("bool",), GAS_SMALL),
+            self.account_value(trader, markets),
+            self.requirement(trader, markets),
+            self.has_order(trader),
             Call(self.account_balance, "getBaseTokens(address)", (trader,), ("address[]",), GAS_SMALL),
-            Call(self.vault, "isLiquidatable(address)", (trader,), ("bool",), GAS_SMALL + heavy),
+            self.vault_liquidatable(trader, markets),
             Call(self.vault, "getCollateralTokens(address)", (trader,), ("address[]",), GAS_SMALL),
         ]
 
@@ -176,41 +223,25 @@ class Views:
         return Shape(core.bases, core.has_order, tuple(t for t in core.collateral_tokens if t != self.usdc))
 
     def extra_calls(self, trader: str, shape: Shape, mm_ratio: int) -> list[Call]:
-        ab = self.account_balance
         calls = []
         for base in shape.bases:
-            calls += [
-                Call(ab, "getTakerPositionSize(address,address)", (trader, base), ("int256",), GAS_SMALL),
-                Call(ab, "getTotalPositionSize(address,address)", (trader, base), ("int256",), GAS_SMALL),
-            ]
+            calls += [self.taker_size(trader, base), self.total_size(trader, base)]
         if shape.maker:
+            signature = "getOpenOrderIds(address,address)"
             calls += [
-                Call(
-                    self.order_book,
-                    "getOpenOrderIds(address,address)",
-                    (trader, base),
-                    ("bytes32[]",),
-                    GAS_SMALL,
-                )
+                Call(self.order_book, signature, (trader, base), ("bytes32[]",), GAS_SMALL)
                 for base in shape.bases
             ]
-            calls.append(
-                Call(
-                    self.vault,
-                    "getFreeCollateralByRatio(address,uint24)",
-                    (trader, mm_ratio),
-                    ("int256",),
-                    GAS_SETTLEMENT_VALUE + GAS_PER_MARKET * len(shape.bases),
-                )
-            )
+            calls.append(self.free_collateral_by_ratio(trader, mm_ratio, len(shape.bases)))
         if shape.tokens:
+            markets = len(shape.bases)
             calls += [
                 Call(
                     self.vault,
                     "getSettlementTokenValue(address)",
                     (trader,),
                     ("int256",),
-                    GAS_SETTLEMENT_VALUE + GAS_PER_MARKET * len(shape.bases),
+                    GAS_SETTLEMENT_VALUE + GAS_PER_MARKET * markets,
                 ),
                 Call(
                     self.collateral_manager,
@@ -220,11 +251,35 @@ class Views:
                     GAS_SMALL,
                 ),
             ]
-            calls += [
-                Call(self.vault, "getBalanceByToken(address,address)", (trader, t), ("int256",), GAS_SMALL)
-                for t in shape.tokens
-            ]
+            calls += [self.balance_by_token(trader, t) for t in shape.tokens]
         return calls
+
+    # --- what a plan reads, in one batch -----------------------------------------------------------
+    def position_plan_calls(self, trader: str, base: str, liquidator: str, im_ratio: int) -> list[Call]:
+        """A position liquidation: the trader's margin, its position, the mark, the keeper's room."""
+        return [
+            self.account_value(trader),
+            self.requirement(trader),
+            self.taker_size(trader, base),
+            self.total_size(trader, base),
+            self.total_abs_position_value(trader),
+            self.mark_price(base),
+            self.has_order(trader),
+            self.free_collateral_by_ratio(liquidator, im_ratio),
+            self.fee_ratio(base),
+            self.index_price(self.eth_market or base),
+        ]
+
+    def collateral_plan_calls(self, trader: str, token: str, liquidator: str) -> list[Call]:
+        """A collateral liquidation: the Vault's conditions and maximum, the keeper's USDC."""
+        return [
+            self.vault_liquidatable(trader),
+            self.max_repaid_and_collateral(trader, token),
+            self.erc20_balance(self.usdc, liquidator),
+            self.erc20_allowance(self.usdc, liquidator, self.vault),
+            self.index_price(self.eth_market or self.usdc),
+            self.balance_by_token(trader, token),
+        ]
 
     @staticmethod
     def account(trader: str, block: int, core: Core, shape: Shape, extras: Sequence[Result]) -> Account:

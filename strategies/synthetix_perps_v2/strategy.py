@@ -11,6 +11,7 @@ sUSD->USDC quote (SIP-423: not at 1 USD), then priced like every other plan (kee
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,28 +23,28 @@ from keeper import gas, profit
 from keeper.codec import encode_call
 from keeper.errors import QuoteError, RpcError
 from keeper.indexer import AccountSource, Indexer
-from keeper.metadata import SynthetixDeployment
-from keeper.multicall import Call
+from keeper.multicall import Reader
 from keeper.profit import X18
 from keeper.quotes import QuoteSource
 from keeper.rpc import BlockHeader, Rpc
+from keeper.strategy import Plan, Step
 from keeper.tx import TxOutcome
-from strategies.base import Plan, Step
 from strategies.synthetix_perps_v2 import fees
+from strategies.synthetix_perps_v2.metadata import SynthetixDeployment
 from strategies.synthetix_perps_v2.views import (
     POSITION_MODIFIED,
-    POSITION_STRUCT,
     MarketState,
     Position,
-    Reader,
+    plan_calls,
     read_markets,
     read_parameters,
     read_positions,
 )
 
 log = logging.getLogger(__name__)
+SynthetixPlan = Plan[Position]
 FLAG = "flagPosition(address)"
-LIQUIDATE = "liquidatePosition(address)"
+LIQUIDATE_SIGNATURE = "liquidatePosition(address)"
 FORCE_LIQUIDATE = "forceLiquidatePosition(address)"
 # gas hints for a step that cannot be estimated before the flag lands (measured: 351,933 / 376,144)
 GAS_FLAG = 400_000
@@ -96,7 +97,6 @@ class SynthetixPerpsV2:
         self.params: dict[str, fees.FeeParams] | None = None
         self.markets: dict[str, MarketState] = {}
         self.positions: list[Position] = []
-        self.eth_market = next((m.proxy for m in deployment.markets if m.asset == "sETH"), None)
         self._usdc_decimals: int | None = None
 
     # --- the picture of the chain ---------------------------------------------------------------------
@@ -114,124 +114,107 @@ class SynthetixPerpsV2:
         return sorted(self.positions, key=lambda p: (-p.notional, p.market, p.account))
 
     # --- pricing ------------------------------------------------------------------------------------------
-    async def plan(self, opportunity: Any, liquidator: str) -> Plan:
-        op: Position = opportunity
-        market = self.markets[op.market]
-        state = market.market.state
+    async def plan(self, opportunity: Position, liquidator: str) -> SynthetixPlan:
+        op = opportunity
+        params = self.markets[op.market].fees
+        v = await self._read(op, liquidator)
+        by_others = v.flagger is not None and v.flagger.lower() != liquidator.lower()
+        is_permissionless = fees.permissionless(v.size, v.skew, params)
+        flag, liquidator_fee = fees.keeper_reward(
+            v.size, v.price, v.skew, params, flagged_by_others=by_others
+        )
+        flag = flag or profit.Capped(0, 0, None, None)
+        force = not is_permissionless and v.endorsed
+        plan: SynthetixPlan = Plan(op, self._steps(op, v.flagged, force), False, "", size=v.size)
+        plan.detail.update(market_key=op.market_key)
+        plan.detail.update(_detail(v, params, flag, liquidator_fee, by_others, is_permissionless))
+        if reason := self._unfit(plan.detail, v, flag, is_permissionless or force):
+            return plan.skip(reason)
+        plan.detail["steps"] = [s.label for s in plan.steps]
+        return await self._priced(plan, liquidator, flag, liquidator_fee, params)
+
+    async def _read(self, op: Position, liquidator: str) -> PlanViews:
+        calls = plan_calls(self.d, self.markets[op.market].market, op.account, liquidator)
         block = await self.rpc.block_number()
-        calls = [
-            Call(op.market, "positions(address)", (op.account,), (POSITION_STRUCT,)),
-            Call(op.market, "canLiquidate(address)", (op.account,), ("bool",)),
-            Call(op.market, "isFlagged(address)", (op.account,), ("bool",)),
-            Call(op.market, "liquidationFee(address)", (op.account,), ("uint256",)),
-            Call(op.market, "assetPrice()", (), ("uint256", "bool")),
-            Call(op.market, "marketSkew()", (), ("int128",)),
-            Call(state, "positionFlagger(address)", (op.account,), ("address",)),
-            Call(self.d.manager, "isEndorsed(address)", (liquidator,), ("bool",)),
-            Call(self.eth_market or op.market, "assetPrice()", (), ("uint256", "bool")),
-        ]
-        results = await self.read(calls, block)
-        position, can, flagged, fee_view, price, skew, flagger, endorsed, eth = results
-        size = int(position.one()[4])
-        oracle, skew_now = int(price.value[0]), int(skew.one())
-        flagger_address = str(flagger.one()) if flagged.one() else None
-        by_others = flagger_address is not None and flagger_address.lower() != liquidator.lower()
-        params = market.fees
-        is_permissionless = fees.permissionless(size, skew_now, params)
-        flag, liquidator_fee = fees.keeper_reward(size, oracle, skew_now, params, flagged_by_others=by_others)
-        if flag is None:
-            flag = profit.Capped(0, 0, None, None)
+        position, can, flagged, fee_view, price, skew, flagger, endorsed, eth = await self.read(calls, block)
+        return PlanViews(
+            block=block,
+            size=int(position.one()[4]),
+            can_liquidate=bool(can.value[0]) if can.ok else False,
+            flagged=bool(flagged.one()),
+            fee_view=int(fee_view.one()) if fee_view.ok else None,
+            price=int(price.value[0]),
+            price_invalid=bool(price.value[1]),
+            skew=int(skew.one()),
+            flagger=str(flagger.one()) if flagged.one() else None,
+            endorsed=bool(endorsed.one()),
+            eth_usd=int(eth.value[0]) if eth.ok else 0,
+        )
+
+    @staticmethod
+    def _steps(op: Position, flagged: bool, force: bool) -> list[Step]:
+        steps = [] if flagged else [Step("flagPosition", op.market, encode_call(FLAG, op.account), GAS_FLAG)]
+        last = FORCE_LIQUIDATE if force else LIQUIDATE_SIGNATURE
+        return [*steps, Step(last.split("(")[0], op.market, encode_call(last, op.account), GAS_LIQUIDATE)]
+
+    def _unfit(self, detail: dict[str, Any], v: PlanViews, flag: profit.Capped, allowed: bool) -> str:
+        """Why this position cannot be liquidated by this keeper now ("" when it can)."""
+        if v.size == 0:
+            return "no position (liquidated or closed since the scan)"
+        if not v.flagged and not v.can_liquidate:
+            return "not liquidatable: remaining margin above the liquidation margin (canLiquidate false)"
+        if not allowed:
+            return self._force_only_reason(detail, flag)
+        if v.price_invalid:
+            return "the oracle price is invalid: the market would revert"
+        if not v.eth_usd:
+            return "no ETH price to value gas (no sETH market in the metadata)"
+        return ""
+
+    async def _priced(
+        self,
+        plan: SynthetixPlan,
+        liquidator: str,
+        flag: profit.Capped,
+        liquidator_fee: int,
+        params: fees.FeeParams,
+    ) -> SynthetixPlan:
+        """The sUSD reward valued at a quote, capped, and priced against every step's gas."""
         reward_susd = flag.capped + liquidator_fee
-        inputs: dict[str, Any] = {
-            "block": block,
-            "stage": "liquidate",
-            "market_key": op.market_key,
-            "size": size,
-            "liquidatable_size": size,
-            "oracle_price": oracle,
-            "oracle_price_invalid": bool(price.value[1]),
-            "market_skew": skew_now,
-            "notional": abs(size) * oracle // fees.UNIT,
-            "can_liquidate": bool(can.value[0]) if can.ok else False,
-            "flagged": bool(flagged.one()),
-            "flagger": flagger_address,
-            "flagged_by_others": by_others,
-            "endorsed": bool(endorsed.one()),
-            "permissionless": is_permissionless,
-            "liquidation_fee_ratio": params.liquidation_fee_ratio,
-            "min_keeper_fee": params.min_keeper_fee,
-            "max_keeper_fee": params.max_keeper_fee,
-            "keeper_liquidation_fee": params.keeper_liquidation_fee,
-            "max_liquidation_delta": params.max_liquidation_delta,
-            "max_pd": params.max_pd,
-            "skew_scale": params.skew_scale,
-            "size_over_skew_scale": abs(size) * fees.UNIT // params.skew_scale,
-            "skew_over_skew_scale": abs(skew_now) * fees.UNIT // params.skew_scale,
-            "flag_fee_uncapped_susd": flag.gross,
-            "flag_fee_susd": flag.capped,
-            "flag_fee_cap_binding": flag.binding,
-            "contract_liquidation_fee_view": fee_view.one() if fee_view.ok else None,
-            "liquidator_fee_susd": liquidator_fee,
-            "reward_susd": reward_susd,
-            "reward_uncapped_susd": flag.gross + liquidator_fee,
-            "eth_usd": int(eth.value[0]) if eth.ok else 0,
-        }
-        proxy = op.market
-        steps: list[Step] = []
-        if not flagged.one():
-            steps.append(Step("flagPosition", proxy, encode_call(FLAG, op.account), GAS_FLAG))
-        force = not is_permissionless and bool(endorsed.one())
-        last = FORCE_LIQUIDATE if force else LIQUIDATE
-        steps.append(Step(last.split("(")[0], proxy, encode_call(last, op.account), GAS_LIQUIDATE))
-
-        def skip(reason: str) -> Plan:
-            return Plan(op, steps, None, False, reason, inputs)
-
-        if size == 0:
-            return skip("no position (liquidated or closed since the scan)")
-        if not flagged.one() and not inputs["can_liquidate"]:
-            return skip(
-                "not liquidatable: remaining margin above the liquidation margin (canLiquidate false)"
-            )
-        if not is_permissionless and not force:
-            return skip(self._force_only_reason(inputs, flag))
-        if price.value[1]:
-            return skip("the oracle price is invalid: the market would revert")
-        if not eth.ok or not inputs["eth_usd"]:
-            return skip("no ETH price to value gas (no sETH market in the metadata)")
-        inputs["steps"] = [s.label for s in steps]
         valued = await self._value_susd(reward_susd, liquidator)
-        inputs.update(valued.audit)
+        plan.detail.update(valued.audit)
         if valued.usd is None:
-            return skip(valued.error)
+            return plan.skip(valued.error)
         to_usd = valued.converter(reward_susd)
-        reward = profit.cap_reward(
+        plan.reward = profit.cap_reward(
             to_usd(flag.gross + liquidator_fee),
             protocol_cap=None
             if flag.gross == flag.capped
             else to_usd(params.max_keeper_fee + liquidator_fee),
             operator_cap=self.settings.max_keeper_fee,
         )
-        steps = [await self._estimated(step, liquidator) for step in steps]
-        gas_price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)
-        costs, l1_note = await gas.tx_costs(self.rpc, [(s.gas, len(s.data)) for s in steps], gas_price)
-        estimate = profit.estimate(reward, costs, inputs["eth_usd"], self.settings.min_profit)
-        inputs.update(
-            reward_gross=reward.gross,
-            reward_capped=reward.capped,
-            reward_cap_binding=reward.binding,
+        steps, gas_price = await asyncio.gather(
+            asyncio.gather(*(self._estimated(step, liquidator) for step in plan.steps)),
+            gas.gas_price(self.rpc, self.settings.max_fee_gwei),
+        )
+        plan.steps = list(steps)
+        costs, l1_note = await gas.tx_costs(self.rpc, [(s.gas, len(s.data)) for s in plan.steps], gas_price)
+        eth_usd = int(plan.detail["eth_usd"])
+        plan.estimate = profit.estimate(plan.reward, costs, eth_usd, self.settings.min_profit)
+        plan.execute, plan.reason = plan.estimate.profitable, plan.estimate.reason
+        plan.detail.update(
             gas_units=sum(c.gas for c in costs),
             gas_price_wei=gas_price.effective,
-            gas_cost=estimate.gas_cost,
-            l1_cost=estimate.l1_cost,
-            profit=estimate.profit,
+            gas_cost=plan.estimate.gas_cost,
+            l1_cost=plan.estimate.l1_cost,
+            profit=plan.estimate.profit,
+            **({"l1_note": l1_note} if l1_note else {}),
         )
-        if l1_note:
-            inputs["l1_note"] = l1_note
-        return Plan(op, steps, estimate, estimate.profitable, estimate.reason, inputs)
+        return plan
 
     @staticmethod
     def _force_only_reason(inputs: dict[str, Any], flag: profit.Capped) -> str:
+        """Only an endorsed keeper's forceLiquidatePosition could: say which threshold, with numbers."""
         ratio = inputs["size_over_skew_scale"]
         if ratio >= inputs["max_liquidation_delta"]:
             why = (
@@ -293,7 +276,9 @@ class SynthetixPerpsV2:
                 return f"{message}: {meaning}"
         return reason
 
-    async def follow_up(self, plan: Plan, outcomes: list[TxOutcome], liquidator: str) -> Plan | None:
+    async def follow_up(
+        self, plan: SynthetixPlan, outcomes: list[TxOutcome], liquidator: str
+    ) -> SynthetixPlan | None:
         return None  # a Synthetix liquidation closes the whole position; the keeper inherits nothing
 
 
@@ -320,3 +305,62 @@ def _percent(x18: int) -> str:
 
 def _susd(x18: int) -> str:
     return f"{x18 / 10**18:,.2f} sUSD"
+
+
+@dataclass(frozen=True)
+class PlanViews:
+    """What one Synthetix liquidation is priced from, read in one batch at one block."""
+
+    block: int
+    size: int
+    can_liquidate: bool
+    flagged: bool
+    fee_view: int | None  # the market's own liquidationFee(account), for the audit
+    price: int
+    price_invalid: bool
+    skew: int
+    flagger: str | None
+    endorsed: bool
+    eth_usd: int
+
+
+def _detail(
+    v: PlanViews,
+    params: fees.FeeParams,
+    flag: profit.Capped,
+    liquidator_fee: int,
+    by_others: bool,
+    is_permissionless: bool,
+) -> dict[str, Any]:
+    """The views and fee parameters a decision was made from, for the audit record."""
+    return {
+        "block": v.block,
+        "size": v.size,
+        "oracle_price": v.price,
+        "oracle_price_invalid": v.price_invalid,
+        "market_skew": v.skew,
+        "notional": abs(v.size) * v.price // fees.UNIT,
+        "can_liquidate": v.can_liquidate,
+        "flagged": v.flagged,
+        "flagger": v.flagger,
+        "flagged_by_others": by_others,
+        "endorsed": v.endorsed,
+        "permissionless": is_permissionless,
+        "liquidation_fee_ratio": params.liquidation_fee_ratio,
+        "min_keeper_fee": params.min_keeper_fee,
+        "max_keeper_fee": params.max_keeper_fee,
+        "keeper_liquidation_fee": params.keeper_liquidation_fee,
+        "max_liquidation_delta": params.max_liquidation_delta,
+        "max_pd": params.max_pd,
+        "skew_scale": params.skew_scale,
+        "size_over_skew_scale": abs(v.size) * fees.UNIT // params.skew_scale,
+        "skew_over_skew_scale": abs(v.skew) * fees.UNIT // params.skew_scale,
+        "flag_fee_uncapped_susd": flag.gross,
+        "flag_fee_susd": flag.capped,
+        "flag_fee_cap_binding": flag.binding,
+        "contract_liquidation_fee_view": v.fee_view,
+        "liquidator_fee_susd": liquidator_fee,
+        "reward_susd": flag.capped + liquidator_fee,
+        "reward_uncapped_susd": flag.gross + liquidator_fee,
+        "eth_usd": v.eth_usd,
+    }

@@ -8,15 +8,14 @@ again whenever the settings contract logs an update. Positions come from the mar
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keeper.codec import topic
-from keeper.metadata import PerpsV2Market, SynthetixDeployment
-from keeper.multicall import Call, Result
+from keeper.multicall import Call, Reader
 from strategies.synthetix_perps_v2.fees import UNIT, FeeParams
+from strategies.synthetix_perps_v2.metadata import PerpsV2Market, SynthetixDeployment
 
-Reader = Callable[[Sequence[Call], int], Awaitable[list[Result]]]
 POSITION_MODIFIED = topic(
     "PositionModified(uint256,address,uint256,int256,int256,uint256,uint256,uint256,int256)"
 )
@@ -25,6 +24,40 @@ POSITION_STRUCT = "(uint64,uint64,uint128,uint128,int128)"  # id, lastFundingInd
 
 def key_bytes(key: str) -> bytes:
     return key.encode().ljust(32, b"\0")
+
+
+# --- the builders every read is made of (the per-block scan and the plans alike) --------------------
+def market_calls(proxy: str) -> list[Call]:
+    """A market's oracle price (with its invalid flag) and skew."""
+    return [
+        Call(proxy, "assetPrice()", (), ("uint256", "bool")),
+        Call(proxy, "marketSkew()", (), ("int128",)),
+    ]
+
+
+def position_calls(proxy: str, account: str) -> list[Call]:
+    """An account's position in one market, whether it can be liquidated, whether it is flagged."""
+    return [
+        Call(proxy, "positions(address)", (account,), (POSITION_STRUCT,)),
+        Call(proxy, "canLiquidate(address)", (account,), ("bool",)),
+        Call(proxy, "isFlagged(address)", (account,), ("bool",)),
+    ]
+
+
+def plan_calls(
+    deployment: SynthetixDeployment, market: PerpsV2Market, account: str, liquidator: str
+) -> list[Call]:
+    """Everything one liquidation is priced from, in one batch: the position views, the contract's
+    own fee view, the market, who flagged it, the keeper's endorsement, the ETH price for gas."""
+    eth = deployment.eth_market or market.proxy
+    return [
+        *position_calls(market.proxy, account),
+        Call(market.proxy, "liquidationFee(address)", (account,), ("uint256",)),
+        *market_calls(market.proxy),
+        Call(market.state, "positionFlagger(address)", (account,), ("address",)),
+        Call(deployment.manager, "isEndorsed(address)", (liquidator,), ("bool",)),
+        market_calls(eth)[0],
+    ]
 
 
 @dataclass(frozen=True)
@@ -91,13 +124,7 @@ async def read_markets(
     read: Reader, deployment: SynthetixDeployment, params: dict[str, FeeParams], block: int
 ) -> dict[str, MarketState]:
     """Every market's oracle price and skew, with its (cached) parameters."""
-    calls = []
-    for m in deployment.markets:
-        calls += [
-            Call(m.proxy, "assetPrice()", (), ("uint256", "bool")),
-            Call(m.proxy, "marketSkew()", (), ("int128",)),
-        ]
-    results = await read(calls, block)
+    results = await read([c for m in deployment.markets for c in market_calls(m.proxy)], block)
     out: dict[str, MarketState] = {}
     for i, m in enumerate(deployment.markets):
         price, skew = results[2 * i : 2 * i + 2]
@@ -115,14 +142,7 @@ async def read_positions(
     read: Reader, markets: dict[str, MarketState], pairs: Sequence[tuple[str, str]], block: int
 ) -> list[Position]:
     """(market proxy, account) pairs -> their open positions (size 0 ones are dropped)."""
-    calls = []
-    for proxy, account in pairs:
-        calls += [
-            Call(proxy, "positions(address)", (account,), (POSITION_STRUCT,)),
-            Call(proxy, "canLiquidate(address)", (account,), ("bool",)),
-            Call(proxy, "isFlagged(address)", (account,), ("bool",)),
-        ]
-    results = await read(calls, block)
+    results = await read([c for proxy, account in pairs for c in position_calls(proxy, account)], block)
     out = []
     for i, (proxy, account) in enumerate(pairs):
         position, can, flagged = results[3 * i : 3 * i + 3]

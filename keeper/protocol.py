@@ -1,0 +1,104 @@
+"""What a protocol offers the engine: one object per protocol, registered as a plugin.
+
+A protocol is a package under `strategies/` whose plugin object loads its metadata, names the events
+that reveal its accounts and the contracts whose logs change its parameters, wires its strategies for
+a run, lists its operator checks and (optionally) writes the `scan` report. The engine finds plugins
+through the `perp_keeper.protocols` entry-point group (`keeper/registry.py`) and never imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from keeper.config import RunSettings
+from keeper.indexer import AccountSource, Indexer
+from keeper.multicall import Reader
+from keeper.rpc import Rpc
+from keeper.store import Store
+from keeper.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of `perp-keeper check`."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class Deployment(Protocol):
+    """What the engine needs of any protocol's metadata."""
+
+    @property
+    def chain_id(self) -> int: ...
+
+    @property
+    def multicall3(self) -> str: ...
+
+    @property
+    def start_block(self) -> int: ...
+
+    @property
+    def anchor(self) -> tuple[str, str]:
+        """(name, address) of the contract that proves the RPC serves this deployment."""
+        ...
+
+
+@dataclass
+class Session:
+    """A connection checked against the metadata: RPC, state database, account index, view reader."""
+
+    rpc: Rpc
+    deployment: Any
+    store: Store
+    indexer: Indexer
+    read: Reader
+    metadata_path: Path
+
+    async def close(self) -> None:
+        self.store.close()
+        await self.rpc.close()
+
+
+@dataclass
+class Wiring:
+    """What one protocol contributes to a run: its strategies and how to watch the keeper's funds."""
+
+    strategies: Sequence[Strategy[Any]]
+    symbols: Mapping[str, str]  # market / token address (lower case) -> symbol, for the summary
+    accounts: Callable[[], int]  # accounts tracked, for the gauge
+    funds: Callable[[str], Awaitable[None]]  # warn when the keeper runs low (a side job)
+    close: Callable[[], Awaitable[None]]  # release what the wiring opened (HTTP clients)
+
+
+class ProtocolPlugin(Protocol):
+    name: str  # "perp-v2": --protocol, KEEPER_PROTOCOL and the metadata's "protocol"
+    title: str  # "Perp v2", for messages
+
+    def recognises(self, metadata: Any) -> bool:
+        """Whether a metadata file without a "protocol" field is in this protocol's format."""
+        ...
+
+    def load_metadata(self, path: Path) -> Any: ...
+
+    def account_sources(self, deployment: Any) -> list[AccountSource]: ...
+
+    def watched(self, deployment: Any) -> list[str]:
+        """Contracts whose logs change the protocol's parameters (a re-read follows)."""
+        ...
+
+    def wire(self, session: Session, settings: RunSettings, env: Mapping[str, str]) -> Wiring: ...
+
+    async def checks(
+        self, rpc: Rpc, deployment: Any, keeper: str | None, env: Mapping[str, str]
+    ) -> list[Check]: ...
+
+    def can_scan(self) -> bool: ...
+
+    async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
+        """`perp-keeper scan`: one full exact scan, written out; returns how many are liquidatable."""
+        ...

@@ -1,0 +1,106 @@
+"""The interface the engine drives, owned by the engine: every liquidation kind of every protocol plugs in.
+
+A strategy keeps its own picture of the chain (`refresh`), lists what it could liquidate
+(`opportunities`, in execution order), prices one of them into a typed `Plan` of transactions, and
+after a plan ran says what comes next (`follow_up`: the next partial liquidation, closing an inherited
+position, selling seized collateral, or nothing). The engine decides, sends and records from the
+plan's fields alone; it knows no protocol. `Plan.detail` is what the decision was made from, for the
+audit trail only: the engine never reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from keeper.profit import Capped, Estimate
+from keeper.rpc import BlockHeader
+from keeper.tx import TxOutcome
+
+LIQUIDATE, CLOSE, SELL = "liquidate", "close", "sell"
+
+
+class Opportunity(Protocol):
+    """Something a strategy could liquidate: ranked by `notional`, identified by `key`."""
+
+    @property
+    def account(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def market(self) -> str | None: ...
+
+    @property
+    def notional(self) -> int: ...
+
+    @property
+    def liquidatable(self) -> bool: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+O = TypeVar("O", bound=Opportunity)  # noqa: E741 - the opportunity type
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    to: str
+    data: bytes
+    gas: int  # estimated gas units, counted in the plan's cost
+
+
+@dataclass
+class Plan(Generic[O]):
+    """One decision: what to send for `opportunity` at this `stage` and `round`, and why.
+
+    `size` is what the plan liquidates (a position's base size, or collateral units); `reward` the
+    liquidation's reward before and after each cap (USD, 18 decimals), for stages that earn one.
+    """
+
+    opportunity: O
+    steps: list[Step]
+    execute: bool
+    reason: str
+    stage: str = LIQUIDATE
+    round: int = 1
+    size: int = 0
+    reward: Capped | None = None
+    estimate: Estimate | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def earns(self) -> bool:
+        """A liquidation that pays a reward (not a close or a sale of what was taken over)."""
+        return self.stage == LIQUIDATE
+
+    @property
+    def reward_capped(self) -> int:
+        return self.reward.capped if self.reward is not None else 0
+
+    def skip(self, reason: str) -> Plan[O]:
+        """This plan, decided against."""
+        self.execute, self.reason = False, reason
+        return self
+
+
+class Strategy(Protocol[O]):
+    name: str
+
+    async def refresh(self, head: BlockHeader | None = None) -> None: ...
+
+    def opportunities(self) -> Sequence[O]: ...
+
+    async def plan(self, opportunity: O, liquidator: str) -> Plan[O]: ...
+
+    async def follow_up(
+        self, plan: Plan[O], outcomes: list[TxOutcome], liquidator: str
+    ) -> Plan[O] | None: ...
+
+    def explain(self, reason: str) -> str:
+        """A revert reason in words (e.g. `CH_EAV: the account is not liquidatable ...`)."""
+        ...

@@ -1,0 +1,89 @@
+"""Synthetix Perps V2 as a protocol plugin (registered in pyproject.toml): one strategy, flag then
+liquidate, its sUSD rewards valued on Uniswap v3 (QuoterV2 of the metadata, or the operator's)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from keeper.config import RunSettings
+from keeper.errors import SettingError
+from keeper.gas import warn_low_gas
+from keeper.indexer import AccountSource
+from keeper.protocol import Check, Session, Wiring
+from keeper.quotes import UniswapV3
+from keeper.rpc import Rpc
+from keeper.session import open_session as open_protocol_session
+from strategies.synthetix_perps_v2 import checks
+from strategies.synthetix_perps_v2.metadata import (
+    SYNTHETIX_PERPS_V2,
+    SynthetixDeployment,
+    load_synthetix_metadata,
+)
+from strategies.synthetix_perps_v2.strategy import SynthetixPerpsV2, SynthetixSettings, account_sources
+
+
+class SynthetixPerpsV2Plugin:
+    name = SYNTHETIX_PERPS_V2
+    title = "Synthetix Perps V2"
+
+    def recognises(self, metadata: Any) -> bool:
+        return isinstance(metadata, Mapping) and metadata.get("protocol") == SYNTHETIX_PERPS_V2
+
+    def load_metadata(self, path: Path) -> SynthetixDeployment:
+        return load_synthetix_metadata(path)
+
+    def account_sources(self, deployment: SynthetixDeployment) -> list[AccountSource]:
+        return account_sources(deployment)
+
+    def watched(self, deployment: SynthetixDeployment) -> list[str]:
+        return [deployment.settings]
+
+    def wire(self, session: Session, settings: RunSettings, env: Mapping[str, str]) -> Wiring:
+        d: SynthetixDeployment = session.deployment
+        strategy = SynthetixPerpsV2(
+            d,
+            session.indexer,
+            session.rpc,
+            session.read,
+            SynthetixSettings(
+                min_profit=settings.min_profit,
+                max_keeper_fee=settings.max_keeper_fee,
+                max_fee_gwei=settings.max_fee_gwei,
+                susd_usd=settings.susd_usd,
+            ),
+            UniswapV3.configured(session.rpc, d.quoter_v2, d.swap_router, env),
+        )
+
+        async def nothing_to_close() -> None:
+            return None
+
+        return Wiring(
+            [strategy],
+            {m.proxy.lower(): m.key for m in d.markets},
+            lambda: len(session.indexer.known),
+            lambda keeper: warn_low_gas(session.rpc, keeper),
+            nothing_to_close,
+        )
+
+    async def checks(
+        self, rpc: Rpc, deployment: SynthetixDeployment, keeper: str | None, env: Mapping[str, str]
+    ) -> list[Check]:
+        return await checks.run_checks(rpc, deployment, keeper, env)
+
+    def can_scan(self) -> bool:
+        return False
+
+    async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
+        raise SettingError(f"scan does not read {self.title} yet")
+
+
+PLUGIN = SynthetixPerpsV2Plugin()
+
+
+async def open_session(
+    rpc_url: str, metadata_path: Path, state_db: Path | str, *, progress: bool = False
+) -> Session:
+    """Synthetix Perps V2: the same checks as every protocol, one log indexer over the market proxies."""
+    return await open_protocol_session(PLUGIN, rpc_url, Path(metadata_path), state_db, progress=progress)
