@@ -35,6 +35,8 @@ class RunSettings:
     log_format: str = "auto"
     log_level: str = "INFO"
     susd_usd: int | None = None  # X18: sUSD's USD price when no quote can be had (Synthetix)
+    gas_budget: int | None = None  # gas units sent per block; None: half the block's gas limit
+    shutdown_grace: float = 20.0  # seconds SIGTERM keeps following what is in flight
 
 
 def load_dotenv(path: Path = Path(".env"), env: dict[str, str] | None = None) -> int:
@@ -126,6 +128,8 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
         log_format=choice(env, "KEEPER_LOG_FORMAT", "auto", ("auto", "json", "text")),
         log_level=choice(env, "KEEPER_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         susd_usd=usd(env, "KEEPER_SUSD_USD", None),
+        gas_budget=integer(env, "KEEPER_GAS_BUDGET", None, low=21_000, high=10**10),
+        shutdown_grace=float(integer(env, "KEEPER_SHUTDOWN_GRACE_SECONDS", 20, low=0, high=3_600) or 0),
     )
 
 

@@ -1,62 +1,67 @@
-"""One pass of the keeper: refresh → opportunities (ranked) → plan → decide → execute or record.
+"""One head of the keeper: track what is in flight → refresh → plan everything, concurrently → rank →
+decide → send every profitable plan without waiting for receipts (or, in dry-run, simulate).
 
-The engine knows no protocol: strategies price opportunities into typed plans and say what comes
-after a plan ran (the next partial liquidation, closing what was taken over). Live, every transaction
-goes through the one `TxManager`; in dry-run nothing is signed, each step is simulated with `eth_call`
-and every decision lands in the audit trail (`keeper/records.py`).
+The engine knows no protocol: strategies price opportunities into typed plans. Live, every plan's
+first transaction goes out at the head it was planned on, simulated there, with consecutive nonces
+in rank order (largest first); its next steps go out as each previous one is mined (`track`). While
+a plan is in flight its account (`Opportunity.exclusive`) is not planned again, and the capital it
+commits counts against what later plans may use; a gas budget bounds what one block is sent.
+Nothing chains in process: the next partial round, the close of a taken-over position, the sale of
+seized collateral are planned again from the chain at a later head.
 
-One error policy: a failure while refreshing a strategy, or planning, sending or following up one
-opportunity, is recorded (audit record, log line with the account, `perp_keeper_errors{kind}`), cools
-that opportunity down, and the tick goes on with the others.
+One error policy: a failure while refreshing a strategy, or planning or sending one opportunity, is
+recorded (audit record, log line with the account, `perp_keeper_errors{kind}`), cools that
+opportunity down, and the tick goes on with the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from keeper import records
 from keeper.audit import AuditLog
 from keeper.errors import error_kind
+from keeper.flights import Flight, Flights, Result
 from keeper.metrics import Metrics
-from keeper.rpc import BlockHeader
+from keeper.receipts import Pending, Prepared, TxOutcome, TxRequest
+from keeper.rpc import BlockHeader, BlockId
 from keeper.strategy import Opportunity, Plan, Strategy
-from keeper.tx import TxOutcome, TxRequest
 
 log = logging.getLogger(__name__)
 ERROR_COOLDOWN_SECONDS = 30.0
+GAS_BUDGET_SHARE = (1, 2)  # of the block gas limit, when no budget is set
+Planned = tuple[Strategy[Any], Plan[Any], Result]
 
 
 class Sender(Protocol):
     """What the engine needs of the transaction manager (`keeper/tx.py`)."""
 
-    async def send(self, request: TxRequest) -> TxOutcome: ...
+    async def prepare_plan(
+        self, requests: Sequence[TxRequest], *, block: BlockId
+    ) -> list[Prepared] | TxOutcome: ...
+
+    async def dispatch_all(self, prepared: Sequence[Prepared]) -> list[Pending | TxOutcome]: ...
+
+    async def submit(self, request: TxRequest, *, block: BlockId = "latest") -> Pending | TxOutcome: ...
+
+    async def poll(self) -> list[TxOutcome]: ...
+
+    def in_flight(self) -> set[str]:
+        """The accounts (exclusives) of every transaction in flight, the journal's included."""
+        ...
 
 
 class Caller(Protocol):
-    """What the engine needs of the RPC client: `eth_call` for dry-run simulations."""
+    """What the engine needs of the RPC client: heads, and `eth_call` for dry-run simulations."""
 
     async def request(self, method: str, params: Sequence[Any] = ()) -> Any: ...
 
-
-@dataclass
-class Result:
-    """What happened to one opportunity (a summary row)."""
-
-    account: str
-    kind: str
-    market: str | None
-    status: str  # executed, skipped, failed, dry-run
-    reason: str = ""
-    size: int = 0  # liquidated, summed over rounds
-    reward: int = 0  # X18, capped, summed over rounds
-    profit: int = 0  # X18, estimated before the first round
-    gas_wei: int = 0  # paid, every step
-    txs: list[str] = field(default_factory=list)
-    key: str = ""  # the opportunity's
+    async def header(self, block: BlockId = "latest") -> BlockHeader: ...
 
 
 class Engine:
@@ -69,13 +74,20 @@ class Engine:
         tx: Sender | None,
         metrics: Metrics | None = None,
         *,
+        gas_budget: int | None = None,
+        plan_concurrency: int = 16,
         error_cooldown: float = ERROR_COOLDOWN_SECONDS,
+        poll_seconds: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
         self.audit, self.tx, self.metrics = audit, tx, metrics
-        self.error_cooldown, self.clock = error_cooldown, clock
+        self.gas_budget, self.error_cooldown, self.clock = gas_budget, error_cooldown, clock
+        self.poll_seconds = poll_seconds
+        self._planning = asyncio.Semaphore(plan_concurrency)
+        self.flights = Flights()
         self.cooling: dict[str, tuple[float, str]] = {}  # opportunity key -> (until, error kind)
+        self.decided: dict[str, str] = {}  # opportunity key -> the decision last recorded (its shape)
         self.ticks = 0
 
     @property
@@ -83,27 +95,27 @@ class Engine:
         return self.tx is None
 
     async def tick(self, head: BlockHeader | None = None) -> list[Result]:
-        results: list[Result] = []
         self.ticks += 1
-        if self.metrics is not None and head is not None:
+        head = head or await self.rpc.header("latest")
+        if self.metrics is not None:
             self.metrics.ticked(head.timestamp)  # a tick under way is alive; a stuck one ages out
         self._prune_cooling()
-        executed = False
-        for strategy in self.strategies:
-            # after this tick's own transactions, later strategies look at the chain they left
-            opportunities = await self._refresh(strategy, None if executed else head)
-            for opportunity in opportunities:
-                if not opportunity.liquidatable:
-                    continue  # makers whose orders may be cancelled but who are not liquidatable yet
-                results.append(await self._attempt(strategy, opportunity))
-                executed = executed or results[-1].status == "executed"
-        return results
+        await self.track()
+        results: list[Result] = []
+        candidates = await self._candidates(head, results)
+        planned = await asyncio.gather(*(self._plan(s, op, results) for s, op in candidates))
+        await self._execute([p for p in planned if p is not None], head)
+        results += [r for _, _, r in (p for p in planned if p is not None)]
+        self._forget_decisions({op.key for _, op in candidates})
+        order = {op.key: i for i, (_, op) in enumerate(candidates)}
+        return sorted(results, key=lambda r: order.get(r.key, -1))  # failures and cooling first
 
-    async def run_once(self, max_passes: int = 5) -> list[Result]:
-        """Passes until one executes nothing: partials and accounts that a price move tipped over."""
+    async def run_once(self, max_passes: int = 20) -> list[Result]:
+        """Heads until one executes nothing, each drained: rounds, closes, sales, accounts tipped over."""
         results: list[Result] = []
         for _ in range(max_passes):
             this_pass = await self.tick()
+            await self.drain()
             # an opportunity skipped again for the same reason is one row, not one per pass
             skipped = {(r.key, r.reason) for r in results if r.status == "skipped"}
             results += [r for r in this_pass if r.status != "skipped" or (r.key, r.reason) not in skipped]
@@ -111,112 +123,190 @@ class Engine:
                 break
         return results
 
-    # --- one strategy, one opportunity -----------------------------------------------------------------
-    async def _refresh(self, strategy: Strategy[Any], head: BlockHeader | None) -> Sequence[Opportunity]:
+    async def drain(self, within: float = 120.0) -> None:
+        """Follow what is in flight until it has all landed, or `within` seconds have passed."""
+        deadline = self.clock() + within
+        while len(self.flights) and self.clock() < deadline:
+            await self.track()
+            if len(self.flights):
+                await asyncio.sleep(self.poll_seconds)
+
+    # --- what may be planned --------------------------------------------------------------------------
+    async def _candidates(self, head: BlockHeader, results: list[Result]) -> list[tuple[Strategy[Any], Any]]:
+        busy = set(self.tx.in_flight()) if self.tx is not None else set()
+        busy |= {f.exclusive for f in self.flights}
+        candidates: list[tuple[Strategy[Any], Any]] = []
+        for strategy in self.strategies:
+            for op in await self._refresh(strategy, head):
+                if not op.liquidatable or op.exclusive in busy:
+                    continue  # makers not liquidatable yet (cancel only); what a plan in flight holds
+                busy.add(op.exclusive)  # one plan per account a head: the next waits for this one
+                if (cooling := self.cooling.get(op.key)) is not None:
+                    result = _result(op, "skipped", f"cooling down after an error ({cooling[1]})")
+                    results.append(result)
+                    continue
+                candidates.append((strategy, op))
+        return candidates
+
+    async def _refresh(self, strategy: Strategy[Any], head: BlockHeader) -> Sequence[Opportunity]:
         started = time.monotonic()
         try:
             await strategy.refresh(head)
             opportunities = strategy.opportunities()
         except Exception as exc:
-            self._survived(exc, "refresh", strategy=strategy.name, block=head.number if head else None)
+            self._survived(exc, "refresh", strategy=strategy.name, block=head.number)
             return []
         if self.metrics is not None:
             self.metrics.scan_seconds.observe(time.monotonic() - started)
             self.metrics.liquidatable.set(sum(1 for o in opportunities if o.liquidatable))
         return opportunities
 
-    async def _attempt(self, strategy: Strategy[Any], opportunity: Opportunity) -> Result:
-        result = Result(
-            opportunity.account, opportunity.kind, opportunity.market, "skipped", key=opportunity.key
-        )
-        cooling = self.cooling.get(opportunity.key)
-        if cooling is not None:
-            result.reason = f"cooling down after an error ({cooling[1]})"
-            return result
-        try:
-            plan = await strategy.plan(opportunity, self.liquidator)
-        except Exception as exc:
-            return self._failed(result, strategy, opportunity, "plan", exc)
-        try:
-            await self._carry_out(strategy, plan, result)
-        except Exception as exc:
-            return self._failed(result, strategy, opportunity, "execute", exc)
-        return result
-
-    async def _carry_out(self, strategy: Strategy[Any], plan: Plan[Any], result: Result) -> None:
-        if plan.estimate is not None:
-            result.profit = plan.estimate.profit
-        first = True
-        current: Plan[Any] | None = plan
-        while current is not None:
-            self.audit.record(**records.decision(strategy.name, current, self.ticks, self.dry_run))
-            if not current.execute:
-                if first:
-                    result.reason = current.reason
-                return
-            if self.tx is None:
-                await self._simulate_all(strategy, current)
-                result.status, result.reason = "dry-run", current.reason
-                result.size, result.reward = abs(current.size), current.reward_capped  # what it would take
-                return
-            outcomes = await self._send_all(strategy, current, self.tx)
-            self._account(result, strategy, current, outcomes)
-            first, ran = False, current
+    async def _plan(self, strategy: Strategy[Any], op: Opportunity, results: list[Result]) -> Planned | None:
+        async with self._planning:
             try:
-                current = await strategy.follow_up(ran, outcomes, self.liquidator)
+                plan = await strategy.plan(op, self.liquidator)
             except Exception as exc:
-                self._survived(exc, "follow-up", strategy=strategy.name, opportunity=ran.opportunity)
-                result.reason = f"follow-up failed: {type(exc).__name__}: {exc}"
-                return
+                results.append(self._failed(_result(op, "skipped"), strategy, op, "plan", exc))
+                return None
+        result = _result(op, "skipped", plan.reason)
+        result.profit = plan.estimate.profit if plan.estimate is not None else 0
+        return strategy, plan, result
 
-    def _account(
-        self, result: Result, strategy: Strategy[Any], plan: Plan[Any], outcomes: list[TxOutcome]
-    ) -> None:
-        result.gas_wei += sum(o.fee_wei for o in outcomes)
-        result.txs += [o.tx_hash for o in outcomes if o.tx_hash]
-        if all(o.ok for o in outcomes):
-            result.status = "executed"
+    # --- deciding and sending ---------------------------------------------------------------------------
+    async def _execute(self, planned: list[Planned], head: BlockHeader) -> None:
+        budget = self.gas_budget or head.gas_limit * GAS_BUDGET_SHARE[0] // GAS_BUDGET_SHARE[1] or None
+        used, committed, accepted = 0, dict[str, int](), list[Planned]()
+        for strategy, plan, result in planned:
+            self._record_decision(strategy, plan)
+            if not plan.execute:
+                continue
+            if why := self._over_capital(plan, committed):
+                result.reason = why
+                continue
+            if budget is not None and used + plan.steps[0].gas > budget:
+                result.reason = f"this block's gas budget is used ({used:,} of {budget:,}): next head"
+                continue
+            used += plan.steps[0].gas
+            accepted.append((strategy, plan, result))
+        if self.tx is None:
+            for strategy, plan, result in accepted:
+                await self._simulate_all(strategy, plan, result)
+            return
+        await self._send(accepted, head, self.tx)
+
+    def _over_capital(self, plan: Plan[Any], committed: dict[str, int]) -> str:
+        if plan.capital is None:
+            return ""
+        name, required, available = plan.capital
+        taken = self.flights.committed(name) + committed.get(name, 0)
+        if taken + required > available:
+            return f"{name}: {required:,} needed, {available - taken:,} left after what is in flight"
+        committed[name] = committed.get(name, 0) + required
+        return ""
+
+    async def _send(self, accepted: list[Planned], head: BlockHeader, tx: Sender) -> None:
+        """Prove and price every plan at once at the head; sign and broadcast them in rank order."""
+        flights = [Flight(s, p, r) for s, p, r in accepted]
+        prepared = await asyncio.gather(
+            *(tx.prepare_plan(f.requests(), block=head.number) for f in flights), return_exceptions=True
+        )
+        for flight, ready in zip(flights, prepared, strict=True):
+            try:
+                if isinstance(ready, BaseException):
+                    raise ready
+                sent = [ready] if isinstance(ready, TxOutcome) else await tx.dispatch_all(ready)
+            except Exception as exc:
+                self._failed(flight.result, flight.strategy, flight.plan.opportunity, "send", exc)
+                continue
+            self._launched(flight, sent)
+
+    def _launched(self, flight: Flight, sent: Sequence[Pending | TxOutcome]) -> None:
+        for item in sent:
+            if isinstance(item, TxOutcome):
+                self._landed(flight, item)
+                continue
+            flight.sent += 1
+            flight.pendings.append(item)
+            flight.result.txs.append(item.hashes[-1])
+            flight.result.status = "sent"
+        if flight.pendings:
+            self.flights.add(flight)
+
+    async def track(self) -> None:
+        """Receipts of what is in flight (one batch); a plan sent one step a block sends its next."""
+        if self.tx is None or not (len(self.flights) or self.tx.in_flight()):
+            return
+        try:
+            await self.tx.poll()
+        except Exception as exc:
+            self._survived(exc, "track", strategy="engine")
+            return
+        for flight in self.flights:
+            while flight.pendings and flight.pendings[0].outcome is not None:
+                outcome = flight.pendings.pop(0).outcome
+                assert outcome is not None
+                self._landed(flight, outcome)
+            if flight.pendings:
+                continue
+            if flight.done:
+                self.flights.land(flight)
+            else:
+                await self._next_step(flight)
+
+    async def _next_step(self, flight: Flight) -> None:
+        """Where the node could not prove the plan as a whole: the next step, simulated now."""
+        assert self.tx is not None
+        try:
+            sent = await self.tx.submit(flight.request(flight.sent))
+        except Exception as exc:
+            self.flights.land(flight)
+            self._failed(flight.result, flight.strategy, flight.plan.opportunity, "send", exc)
+            return
+        self.flights.land(flight)
+        self._launched(flight, [sent])
+
+    def _landed(self, flight: Flight, outcome: TxOutcome) -> None:
+        """What one step's outcome does to its result row, the metrics and the audit trail."""
+        result, plan, strategy = flight.result, flight.plan, flight.strategy
+        step = plan.steps[min(flight.landed, len(plan.steps) - 1)]
+        flight.outcomes.append(outcome)
+        result.gas_wei += outcome.fee_wei
+        if outcome.tx_hash and outcome.tx_hash not in result.txs:
+            result.txs.append(outcome.tx_hash)
+        if self.metrics is not None and outcome.status != "skipped":
+            self.metrics.transactions.labels(outcome.status).inc()
+            self.metrics.replaced.inc(outcome.replacements)
+        self.audit.record(**records.transaction(plan.opportunity, step, outcome, strategy.explain))
+        _log_outcome(plan.opportunity, step.label, outcome)
+        if outcome.status == "skipped":
+            result.status, result.reason = "skipped", outcome.reason
+        elif not outcome.ok:
+            result.status = "failed"
+            result.reason = f"{step.label}: {outcome.status} {strategy.explain(outcome.reason)}".strip()
+        elif flight.landed == len(plan.steps) and result.status != "failed":
+            result.status, result.reason = "executed", plan.reason
             if plan.earns:
-                result.size += abs(plan.size)
-                result.reward += plan.reward_capped
+                result.size, result.reward = abs(plan.size), plan.reward_capped
                 if self.metrics is not None:
                     self.metrics.realised.inc(plan.reward_capped / 10**18)
-            return
-        failed = next(o for o in outcomes if not o.ok)
-        if result.status != "executed":
-            result.status = "failed"
-        result.reason = f"{failed.request.label}: {failed.status} {strategy.explain(failed.reason)}".strip()
 
-    async def _send_all(self, strategy: Strategy[Any], plan: Plan[Any], tx: Sender) -> list[TxOutcome]:
-        outcomes = []
-        op = plan.opportunity
-        for step in plan.steps:
-            request = TxRequest(
-                f"{op.key}:{plan.round}:{step.label}", op.account, step.to, step.data, step.label
-            )
-            outcome = await tx.send(request)
-            outcomes.append(outcome)
-            if self.metrics is not None and outcome.status != "skipped":
-                self.metrics.transactions.labels(outcome.status).inc()
-                self.metrics.replaced.inc(outcome.replacements)
-            self.audit.record(**records.transaction(op, step, outcome, strategy.explain))
-            log.info(
-                "%s %s %s: %s %s",
-                op.kind,
-                op.account,
-                step.label,
-                outcome.status,
-                outcome.reason,
-                extra={"account": op.account, "kind": op.kind, "step": step.label, "tx": outcome.tx_hash},
-            )
-            if not outcome.ok:
-                break
-        return outcomes
-
-    async def _simulate_all(self, strategy: Strategy[Any], plan: Plan[Any]) -> None:
+    async def _simulate_all(self, strategy: Strategy[Any], plan: Plan[Any], result: Result) -> None:
         for i, step in enumerate(plan.steps):
             simulation = await records.simulate(self.rpc, self.liquidator, step, strategy.explain, after=i)
             self.audit.record(**records.simulation(strategy.name, plan.opportunity, step, simulation))
+        result.status, result.reason = "dry-run", plan.reason
+        result.size, result.reward = abs(plan.size), plan.reward_capped  # what it would take
+
+    def _record_decision(self, strategy: Strategy[Any], plan: Plan[Any]) -> None:
+        """A decision is written when it changes (its decision or the shape of its reason), not every head."""
+        key = plan.opportunity.key
+        shape = f"{plan.execute}:{re.sub(r'[0-9][0-9.,]*', '#', plan.reason)}"
+        if plan.execute or self.decided.get(key) != shape:
+            self.audit.record(**records.decision(strategy.name, plan, self.ticks, self.dry_run))
+        self.decided[key] = shape
+
+    def _forget_decisions(self, seen: set[str]) -> None:
+        self.decided = {k: v for k, v in self.decided.items() if k in seen}
 
     # --- failures -----------------------------------------------------------------------------------------
     def _failed(
@@ -224,8 +314,7 @@ class Engine:
     ) -> Result:
         kind = self._survived(exc, stage, strategy=strategy.name, opportunity=opportunity)
         self.cooling[opportunity.key] = (self.clock() + self.error_cooldown, kind)
-        if result.status != "executed":
-            result.status = "failed"
+        result.status = "failed"
         result.reason = f"{stage} failed: {type(exc).__name__}: {exc}"
         return result
 
@@ -258,5 +347,20 @@ class Engine:
 
     def _prune_cooling(self) -> None:
         now = self.clock()
-        for key in [k for k, (until, _) in self.cooling.items() if until <= now]:
-            del self.cooling[key]
+        self.cooling = {k: v for k, v in self.cooling.items() if v[0] > now}
+
+
+def _result(op: Opportunity, status: str, reason: str = "") -> Result:
+    return Result(op.account, op.kind, op.market, status, reason, key=op.key)
+
+
+def _log_outcome(op: Opportunity, label: str, outcome: TxOutcome) -> None:
+    log.info(
+        "%s %s %s: %s %s",
+        op.kind,
+        op.account,
+        label,
+        outcome.status,
+        outcome.reason,
+        extra={"account": op.account, "kind": op.kind, "step": label, "tx": outcome.tx_hash},
+    )

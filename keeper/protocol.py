@@ -91,7 +91,11 @@ class ProtocolPlugin(Protocol):
         """Contracts whose logs change the protocol's parameters (a re-read follows)."""
         ...
 
-    def wire(self, session: Session, settings: RunSettings, env: Mapping[str, str]) -> Wiring: ...
+    def wire(
+        self, session: Session, settings: RunSettings, env: Mapping[str, str], liquidator: str
+    ) -> Wiring:
+        """The strategies of a run for `liquidator` (whose holdings the inventory strategies read)."""
+        ...
 
     async def checks(
         self, rpc: Rpc, deployment: Any, keeper: str | None, env: Mapping[str, str]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from keeper.errors import RpcError
+from keeper.receipts import TxOutcome, revert_reason
 from keeper.strategy import Opportunity, Plan, Step
-from keeper.tx import TxOutcome, revert_reason
 
 Explain = Callable[[str], str]
 

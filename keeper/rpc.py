@@ -42,6 +42,7 @@ class BlockHeader:
     hash: str
     parent_hash: str
     timestamp: int
+    gas_limit: int = 0  # 0: not reported
 
 
 def redact(url: str) -> str:
@@ -244,6 +245,7 @@ def parse_header(raw: dict[str, Any]) -> BlockHeader:
             hash=str(raw["hash"]),
             parent_hash=str(raw["parentHash"]),
             timestamp=int(raw["timestamp"], 16),
+            gas_limit=int(raw.get("gasLimit") or "0x0", 16),
         )
     except (KeyError, TypeError, ValueError):
         raise RpcMalformedError(

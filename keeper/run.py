@@ -19,8 +19,9 @@ from eth_account.signers.local import LocalAccount
 
 from keeper import config, registry
 from keeper.audit import AuditLog
-from keeper.engine import Engine, Result
+from keeper.engine import Engine
 from keeper.errors import SettingError
+from keeper.flights import Result
 from keeper.loop import HeadLoop
 from keeper.metrics import Metrics, configure_logging
 from keeper.profit import usd_text
@@ -47,7 +48,7 @@ async def main(args: Any) -> int:
         raise
     wiring: Wiring | None = None
     try:
-        wiring = plugin.wire(session, settings, os.environ)
+        wiring = plugin.wire(session, settings, os.environ, liquidator)
         tx = (
             None
             if signer is None
@@ -59,7 +60,9 @@ async def main(args: Any) -> int:
             block_interval=settings.block_interval, stale_head_seconds=settings.stale_head_seconds
         )
         session.rpc.on_error = lambda kind: metrics.rpc_errors.labels(kind).inc()
-        engine = Engine(wiring.strategies, session.rpc, liquidator, audit, tx, metrics)
+        engine = Engine(
+            wiring.strategies, session.rpc, liquidator, audit, tx, metrics, gas_budget=settings.gas_budget
+        )
         print(
             f"perp-keeper {'dry-run' if tx is None else 'live'} ({plugin.name}): liquidator {liquidator}",
             file=sys.stderr,
@@ -114,6 +117,13 @@ async def _serve(
 
     try:
         await follow_heads(engine, engine_rpc, ws_url, side_jobs, metrics)
+        if len(engine.flights):  # SIGTERM: planning stopped; follow what is in flight for a while
+            log.info(
+                "stopping: following %d plans in flight for up to %.0f s",
+                len(engine.flights),
+                settings.shutdown_grace,
+            )
+            await engine.drain(settings.shutdown_grace)
     finally:
         if server is not None:
             server.close()

@@ -1,11 +1,12 @@
 """The interface the engine drives, owned by the engine: every liquidation kind of every protocol plugs in.
 
-A strategy keeps its own picture of the chain (`refresh`), lists what it could liquidate
-(`opportunities`, in execution order), prices one of them into a typed `Plan` of transactions, and
-after a plan ran says what comes next (`follow_up`: the next partial liquidation, closing an inherited
-position, selling seized collateral, or nothing). The engine decides, sends and records from the
-plan's fields alone; it knows no protocol. `Plan.detail` is what the decision was made from, for the
-audit trail only: the engine never reads it.
+A strategy keeps its own picture of the chain (`refresh`), lists what it could act on
+(`opportunities`, in execution order) and prices one of them into a typed `Plan` of transactions.
+There are no in-process follow-ups: what comes after a plan ran (the next partial liquidation,
+closing a taken-over position, selling seized collateral) is planned again from the chain at a later
+head, so a crash or a restart loses nothing. The engine decides, sends and records from the plan's
+fields alone; it knows no protocol. `Plan.detail` is what the decision was made from, for the audit
+trail only: the engine never reads it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from keeper.profit import Capped, Estimate
 from keeper.rpc import BlockHeader
-from keeper.tx import TxOutcome
 
-LIQUIDATE, CLOSE, SELL = "liquidate", "close", "sell"
+LIQUIDATE, CLOSE, SELL = "liquidate", "close", "sell"  # stages: only a liquidation earns a reward
 
 
 class Opportunity(Protocol):
@@ -42,6 +42,12 @@ class Opportunity(Protocol):
     @property
     def key(self) -> str: ...
 
+    @property
+    def exclusive(self) -> str:
+        """What only one plan may act on at a time (an account; a market of the keeper's inventory):
+        while a plan for it is in flight, nothing else for it is planned."""
+        ...
+
 
 O = TypeVar("O", bound=Opportunity)  # noqa: E741 - the opportunity type
 
@@ -59,7 +65,9 @@ class Plan(Generic[O]):
     """One decision: what to send for `opportunity` at this `stage` and `round`, and why.
 
     `size` is what the plan liquidates (a position's base size, or collateral units); `reward` the
-    liquidation's reward before and after each cap (USD, 18 decimals), for stages that earn one.
+    liquidation's reward before and after each cap (USD, 18 decimals), for stages that earn one;
+    `capital` what it needs of a resource the keeper holds, `(name, required, available at the head)`,
+    so the engine can count what plans in flight have already committed.
     """
 
     opportunity: O
@@ -72,6 +80,7 @@ class Plan(Generic[O]):
     reward: Capped | None = None
     estimate: Estimate | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    capital: tuple[str, int, int] | None = None
 
     @property
     def earns(self) -> bool:
@@ -96,10 +105,6 @@ class Strategy(Protocol[O]):
     def opportunities(self) -> Sequence[O]: ...
 
     async def plan(self, opportunity: O, liquidator: str) -> Plan[O]: ...
-
-    async def follow_up(
-        self, plan: Plan[O], outcomes: list[TxOutcome], liquidator: str
-    ) -> Plan[O] | None: ...
 
     def explain(self, reason: str) -> str:
         """A revert reason in words (e.g. `CH_EAV: the account is not liquidatable ...`)."""

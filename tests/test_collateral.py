@@ -21,7 +21,9 @@ from keeper.profit import X18
 from keeper.quotes import OneInch, QuoteSource, UniswapV3, ZeroEx
 from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+from strategies.perp_v2.inventory import InventorySettings, PerpV2Inventory
 from strategies.perp_v2.plugin import PerpSession
+from strategies.perp_v2.sale import Seller
 from tests.helpers import run_once
 
 WETH_ACCOUNTS = ("weth-leveraged", "weth-debt-threshold", "weth-debt-ratio")
@@ -137,17 +139,22 @@ async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collater
     devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, session: PerpSession, tmp_path: Path
 ) -> None:
     fake.modes["0x"] = "inflate"  # quotes 1.5x what the pool gives: minOut cannot be met
-    strategy = collateral_strategy(session, [ZeroEx(fake.url, "k", session.deployment.chain_id)])
+    sources: list[QuoteSource] = [ZeroEx(fake.url, "k", session.deployment.chain_id)]
+    strategy = collateral_strategy(session, sources)
+    d = session.deployment
+    seller = Seller(d.usdc, session.rpc, session.read, sources, 100)
+    inventory = PerpV2Inventory(
+        d, session.scanner, session.rpc, session.read, seller, InventorySettings(KEEPER_ADDRESS)
+    )
     tx = TxManager(session.rpc, Account.from_key(KEEPER_KEY), session.deployment.chain_id)
-    engine = Engine([strategy], session.rpc, KEEPER_ADDRESS, AuditLog(tmp_path / "a.jsonl"), tx)
+    engine = Engine([strategy, inventory], session.rpc, KEEPER_ADDRESS, AuditLog(tmp_path / "a.jsonl"), tx)
     weth_before = wallet(devnet, "WETH9")
-    await strategy.refresh()
-    target = devnet.scenario.traders["weth-debt-threshold"].address
-    op = next(o for o in strategy.opportunities() if o.account == target)
-    result = await engine._attempt(strategy, op)
-    assert result.status == "executed"  # the liquidation itself
-    assert "simulation-failed" in result.reason
-    assert "Too little received" in result.reason
+    results = await engine.run_once()
+    assert any(r.kind == "collateral" and r.status == "executed" for r in results)  # the liquidations
+    sales = [r for r in results if r.kind == "sell"]
+    assert sales
+    assert all(r.status == "failed" for r in sales)
+    assert all("simulation-failed" in r.reason and "Too little received" in r.reason for r in sales)
     assert wallet(devnet, "WETH9") > weth_before  # the seized WETH is kept, not sold at a loss
     assert chain.w3.eth.get_transaction_count(Web3.to_checksum_address(KEEPER_ADDRESS)) > 0
 

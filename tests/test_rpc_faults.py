@@ -23,9 +23,10 @@ from devnet.chain import DEPLOYER, DevChain
 from devnet.proxy import FAULTS, RpcProxy
 from keeper.errors import ReorgDuringSyncError, RpcError, RpcMalformedError
 from keeper.indexer import AccountSource, Indexer
+from keeper.receipts import TxRequest
 from keeper.rpc import Rpc
 from keeper.store import Store
-from keeper.tx import TxManager, TxRequest
+from keeper.tx import TxManager
 
 TOUCHED = "0x" + keccak(text="Touched(address)").hex()
 # a contract that logs Touched(msg.sender) on every call: CALLER PUSH32 topic PUSH1 0 PUSH1 0 LOG2 STOP

@@ -22,7 +22,8 @@ from devnet.proxy import RpcProxy
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from keeper import config
 from keeper.audit import AuditLog
-from keeper.engine import Engine, Result
+from keeper.engine import Engine
+from keeper.flights import Result
 from keeper.metrics import Metrics
 from keeper.protocol import Session, Wiring
 from keeper.session import open_session
@@ -43,7 +44,7 @@ async def wired(devnet: up.Devnet, proxy: RpcProxy, tmp_path: Path) -> AsyncIter
     session = await open_session(PLUGIN, proxy.url, devnet.metadata_path, tmp_path / "keeper.sqlite")
     session.rpc.backoff_seconds = 0.01
     env = {"KEEPER_0X_API_URL": DEAD_AGGREGATOR}  # an aggregator outage, from the first tick on
-    wiring = PLUGIN.wire(session, config.run_settings({}), env)
+    wiring = PLUGIN.wire(session, config.run_settings({}), env, KEEPER_ADDRESS)
     try:
         yield session, wiring
     finally:

@@ -11,8 +11,9 @@ from devnet import up
 from devnet.chain import DevChain
 from devnet.scenario import KEEPER_KEY
 from keeper.codec import encode_call
+from keeper.receipts import Pending, TxRequest
 from keeper.rpc import Rpc
-from keeper.tx import TxManager, TxRequest
+from keeper.tx import TxManager
 from strategies.perp_v2.positions import LIQUIDATE_SIGNATURE
 
 
@@ -88,7 +89,8 @@ async def test_an_already_sent_transaction_is_found_by_hash_not_resigned(
         }
         signed = signer.sign_transaction(tx)
         chain.w3.eth.send_raw_transaction(signed.raw_transaction)
-        tx_hash = await manager._sign_and_send(request, nonce, 100_000, *fees)
+        pending = Pending(request, nonce, 100_000, fees[0], fees[1], [], b"", 0, 0.0)
+        tx_hash = await manager._sign_and_broadcast(pending)
         assert tx_hash == "0x" + bytes(signed.hash).hex()
         assert chain.w3.eth.get_transaction_count(signer.address) == nonce + 1
 

@@ -4,10 +4,10 @@ sell the collateral at the best external quote.
 Plan: [approve the Vault for USDC] + liquidateCollateral(trader, token, amount, true), where amount is
 the Vault's maximum less 0.01 % (the maximum shrinks every second with funding: the exact maximum
 reverts V_MSAE once the transaction lands a block later). Priced with the sale of what it receives,
-at the best quote net of gas, minus the USDC repaid and every transaction's gas. After it runs,
-`follow_up` sells the seized collateral (`strategies/perp_v2/sale.py`: quoted afresh at that moment,
-never with the quote that priced the liquidation) or keeps it, with a warning, when no quote covers
-what was repaid; then plans the next round while the account stays liquidatable.
+at the best quote net of gas, minus the USDC repaid and every transaction's gas. The seized
+collateral is sold by the inventory strategy (`inventory.py`, `sale.py`) at a later head, from what
+the keeper's wallet holds: quoted afresh then, never with the quote that priced the liquidation. While
+the account stays liquidatable, the next head plans the next round.
 """
 
 from __future__ import annotations
@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from eth_abi.abi import decode
 
 from keeper import gas, profit
-from keeper.codec import encode_call, topic
-from keeper.errors import RpcError
+from keeper.codec import encode_call
 from keeper.multicall import Reader, Result
 from keeper.profit import X18
 from keeper.quotes import QuoteSource, best_quote
 from keeper.rpc import BlockHeader, Rpc
-from keeper.strategy import LIQUIDATE, SELL, Plan, Step
-from keeper.tx import TxOutcome
-from strategies.perp_v2 import risk, sale
+from keeper.strategy import LIQUIDATE, Plan, Step
+from strategies.perp_v2 import risk
 from strategies.perp_v2.metadata import Deployment
 from strategies.perp_v2.reverts import explain
 from strategies.perp_v2.sale import APPROVE, GAS_APPROVE, quotes_record
@@ -40,8 +38,7 @@ UINT256_MAX = 2**256 - 1
 MAX_MARGIN_BPS = 1  # repay the maximum less 0.01 %
 GAS_LIQUIDATE_COLLATERAL = 600_000
 USDC_TO_X18 = 10**12
-MAX_ROUNDS = 10
-COLLATERAL_LIQUIDATED = topic("CollateralLiquidated(address,address,address,uint256,uint256,uint256,uint24)")
+WALLET_USDC = "wallet USDC (collateral repayments, 6 decimals)"
 CollateralPlan = Plan[risk.Opportunity]
 
 
@@ -67,7 +64,6 @@ class PerpV2Collateral:
     ) -> None:
         self.d, self.scanner, self.rpc, self.read = deployment, scanner, rpc, read
         self.sources, self.settings = list(sources), settings
-        self.seller = sale.Seller(deployment.usdc, rpc, read, self.sources, settings.slippage_bps)
 
     async def refresh(self, head: BlockHeader | None = None) -> None:
         await self.scanner.update(head)  # after position liquidations of this tick: positions first
@@ -103,6 +99,7 @@ class PerpV2Collateral:
         if amount <= 0:
             return plan.skip("nothing to repay: the keeper's wallet has no USDC, or the maximum is 0")
         plan.size = collateral
+        plan.capital = (WALLET_USDC, amount, int(wallet.one()))
         plan.detail.update(repay_usdc=amount, collateral=collateral, by_collateral=by_collateral)
         steps = [] if allowance.one() >= amount else [_approve_vault(self.d)]
         repaid = collateral if by_collateral else amount
@@ -171,33 +168,6 @@ class PerpV2Collateral:
         (value,) = decode(["uint256"], await self.rpc.call(self.d.vault, encode_call(signature, *args)))
         return int(value)
 
-    # --- after it ran: sell, then the next round ------------------------------------------------------
-    async def follow_up(
-        self, plan: CollateralPlan, outcomes: list[TxOutcome], liquidator: str
-    ) -> CollateralPlan | None:
-        if not outcomes or not all(o.ok for o in outcomes):
-            return None
-        if plan.stage == LIQUIDATE:
-            seized = _seized(outcomes[-1])
-            repaid = int(plan.detail["repay_usdc"])
-            return await self.seller.plan(plan.opportunity, liquidator, seized, repaid, plan.round)
-        if plan.stage == SELL:
-            await self.seller.verify(plan, liquidator)
-        if plan.round >= MAX_ROUNDS:
-            return None
-        again = await self.plan(plan.opportunity, liquidator, plan.round + 1)
-        return again if again.execute else None
-
 
 def _approve_vault(d: Deployment) -> Step:
     return Step("approve USDC for the Vault", d.usdc, encode_call(APPROVE, d.vault, UINT256_MAX), GAS_APPROVE)
-
-
-def _seized(outcome: TxOutcome) -> int:
-    for entry in outcome.logs:
-        if entry.get("topics") and str(entry["topics"][0]).lower() == COLLATERAL_LIQUIDATED:
-            (collateral, *_rest) = decode(
-                ["uint256", "uint256", "uint256", "uint24"], bytes.fromhex(entry["data"][2:])
-            )
-            return int(collateral)
-    raise RpcError("liquidateCollateral", 0, "no CollateralLiquidated event in the receipt")

@@ -25,8 +25,10 @@ from keeper.session import open_session as open_protocol_session
 from keeper.store import Store
 from strategies.perp_v2 import checks, report, views
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+from strategies.perp_v2.inventory import InventorySettings, PerpV2Inventory
 from strategies.perp_v2.metadata import Deployment, load_metadata
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
+from strategies.perp_v2.sale import Seller
 from strategies.perp_v2.scanner import Scanner
 from strategies.perp_v2.views import PARAMETER_CONTRACTS
 
@@ -51,7 +53,9 @@ class PerpV2Plugin:
     def watched(self, deployment: Deployment) -> list[str]:
         return [deployment.address(name) for name in PARAMETER_CONTRACTS]
 
-    def wire(self, session: Session, settings: RunSettings, env: Mapping[str, str]) -> Wiring:
+    def wire(
+        self, session: Session, settings: RunSettings, env: Mapping[str, str], liquidator: str
+    ) -> Wiring:
         d: Deployment = session.deployment
         scanner = Scanner(d, session.indexer, session.read)
         positions = PerpV2Positions(
@@ -81,8 +85,16 @@ class PerpV2Plugin:
                 max_fee_gwei=settings.max_fee_gwei,
             ),
         )
+        inventory = PerpV2Inventory(
+            d,
+            scanner,
+            session.rpc,
+            session.read,
+            Seller(d.usdc, session.rpc, session.read, sources, settings.slippage_bps),
+            InventorySettings(liquidator, settings.min_profit, settings.inherited, settings.slippage_bps),
+        )
         return Wiring(
-            [positions, collateral],
+            [positions, collateral, inventory],
             report.symbols(d),
             lambda: len(session.indexer.known),
             lambda keeper: _warn_low_funds(session.rpc, d.vault, keeper),

@@ -3,9 +3,10 @@
 A liquidation transfers the trader's position to the keeper at the mark price, the keeper's reward
 being a discount in its open notional (half the penalty, all of it on bad debt). So a plan is:
 [cancelAllExcessOrders per market (makers)] + liquidate, priced with the close of what it takes over
-(`close` policy) and the gas of every step. After it runs, `follow_up` closes the inherited position
-with a slippage bound and, while the trader stays liquidatable (the contract caps one call at 50 %
-when the margin ratio is above half the maintenance ratio), plans the next round.
+(`close` policy) and the gas of every step. What it takes over is closed by the inventory strategy
+(`inventory.py`) at a later head, from what the keeper holds on chain; while the trader stays
+liquidatable (the contract caps one call at 50 % when the margin ratio is above half the maintenance
+ratio) the next head plans the next round.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from keeper.codec import encode_call
 from keeper.errors import RpcError
 from keeper.multicall import Reader
 from keeper.profit import X18
+from keeper.receipts import revert_reason
 from keeper.rpc import BlockHeader, Rpc
-from keeper.strategy import CLOSE, LIQUIDATE, Plan, Step
-from keeper.tx import TxOutcome, revert_reason
+from keeper.strategy import LIQUIDATE, Plan, Step
 from strategies.perp_v2 import liquidation, risk
 from strategies.perp_v2.liquidation import RATIO
 from strategies.perp_v2.metadata import Deployment
@@ -39,7 +40,7 @@ CANCEL_ALL = "cancelAllExcessOrders(address,address)"
 # gas hints for steps that cannot be estimated before the previous one lands (measured on 2.8.4)
 GAS_LIQUIDATE = 1_000_000
 GAS_CLOSE = 800_000
-MAX_ROUNDS = 10
+FREE_COLLATERAL = "Vault free collateral (initial margin of takeovers, USD x1e18)"
 PositionPlan = Plan[risk.Opportunity]
 
 
@@ -114,6 +115,7 @@ class PerpV2Positions:
         if liquidated == 0:
             return plan.skip("nothing to liquidate in this market")
         initial_margin = liquidation.mul_ratio(notional, params.im_ratio)
+        plan.capital = (FREE_COLLATERAL, initial_margin, v.keeper_free * 10**12)
         if v.keeper_free * 10**12 < initial_margin:
             return plan.skip(
                 f"keeper free collateral {profit.usd_text(v.keeper_free * 10**12)} < initial margin "
@@ -189,57 +191,22 @@ class PerpV2Positions:
         selling = liquidated > 0  # a long taken over is closed by selling base
         trade = (base, selling, selling, abs(liquidated), 0, DEADLINE, 0, NO_REFERRAL)
         try:
-            quote = await self._quote(liquidator, encode_call(OPEN_POSITION, trade))
+            quote = await trade_quote(
+                self.rpc, self.d.clearing_house, liquidator, encode_call(OPEN_POSITION, trade)
+            )
         except RpcError as exc:
             fallback = notional * (fee_ratio + 10_000) // RATIO  # fee + 1 % impact
             return fallback, f"simulated close failed ({explain(revert_reason(exc))}): fee + 1 % assumed"
         cost = notional - quote if selling else quote - notional
         return max(0, cost), f"opposite openPosition simulated: {quote} quote for {abs(liquidated)} base"
 
-    async def _quote(self, liquidator: str, data: bytes) -> int:
-        """The quote a ClearingHouse trade from `liquidator` would exchange now (eth_call, no send)."""
-        tx = {"from": liquidator, "to": self.d.clearing_house, "data": "0x" + data.hex()}
-        out = await self.rpc.request("eth_call", [tx, "latest"])
-        _, quote = decode(["uint256", "uint256"], bytes.fromhex(str(out).removeprefix("0x")))
-        return int(quote)
 
-    # --- after a plan ran ---------------------------------------------------------------------------
-    async def follow_up(
-        self, plan: PositionPlan, outcomes: list[TxOutcome], liquidator: str
-    ) -> PositionPlan | None:
-        if not outcomes or not all(o.ok for o in outcomes):
-            return None
-        if plan.stage == LIQUIDATE and self.settings.inherited == "close":
-            return await self._close_plan(plan.opportunity, liquidator, plan.round)
-        if plan.round >= MAX_ROUNDS:
-            return None
-        again = await self.plan(plan.opportunity, liquidator, plan.round + 1)
-        return again if again.execute else None
-
-    async def _close_plan(self, op: risk.Opportunity, liquidator: str, round_: int) -> PositionPlan | None:
-        assert op.base_token is not None
-        base = op.base_token
-        block = await self.rpc.block_number()
-        (held_result,) = await self.read([self.scanner.views.taker_size(liquidator, base)], block)
-        held = int(held_result.one())
-        if held == 0:
-            return None
-        plan: PositionPlan = Plan(op, [], False, "", CLOSE, round_, detail={"keeper_position": held})
-        try:
-            quote = await self._quote(
-                liquidator, encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL))
-            )
-        except RpcError as exc:
-            return plan.skip(f"cannot close the inherited position: {explain(revert_reason(exc))}")
-        bps = self.settings.slippage_bps
-        # a long is closed by selling: receive at least quote x (1 - slippage);
-        # a short is closed by buying: pay at most quote x (1 + slippage)
-        bound = quote * (10_000 - bps) // 10_000 if held > 0 else quote * (10_000 + bps) // 10_000
-        plan.detail.update(simulated_quote=quote, opposite_amount_bound=bound)
-        data = encode_call(CLOSE_POSITION, (base, 0, bound, DEADLINE, NO_REFERRAL))
-        plan.steps = [Step("close", self.d.clearing_house, data, GAS_CLOSE)]
-        plan.execute, plan.reason = True, f"close the inherited position (slippage bound {bps} bps)"
-        return plan
+async def trade_quote(rpc: Rpc, clearing_house: str, trader: str, data: bytes) -> int:
+    """The quote a ClearingHouse trade from `trader` would exchange now (eth_call, no send)."""
+    tx = {"from": trader, "to": clearing_house, "data": "0x" + data.hex()}
+    out = await rpc.request("eth_call", [tx, "latest"])
+    _, quote = decode(["uint256", "uint256"], bytes.fromhex(str(out).removeprefix("0x")))
+    return int(quote)
 
 
 def _detail(v: PositionViews, settings: PositionSettings) -> dict[str, Any]:

@@ -14,6 +14,7 @@ RATIO = 10**6  # Perp's uint24 ratios: 62_500 = 6.25 %
 USDC_TO_X18 = 10**12
 
 TAKER, MAKER, COLLATERAL = "taker", "maker", "collateral"
+CLOSE, SELL = "close", "sell"  # the keeper's own inventory: a taken-over position, seized collateral
 KIND_ORDER = {TAKER: 0, MAKER: 0, COLLATERAL: 1}  # positions first: they change what collateral owes
 
 # How close to a liquidation condition an account must be, after the worst price move since its last
@@ -116,6 +117,11 @@ class Opportunity:
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.account.lower()}:{(self.market or '').lower()}"
+
+    @property
+    def exclusive(self) -> str:
+        """A liquidation holds its account; the keeper's inventory, one market or token at a time."""
+        return self.key if self.kind in (CLOSE, SELL) else self.account.lower()
 
     def sort_key(self) -> tuple[int, int, int, str, str]:
         return (

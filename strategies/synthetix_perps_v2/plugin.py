@@ -40,7 +40,9 @@ class SynthetixPerpsV2Plugin:
     def watched(self, deployment: SynthetixDeployment) -> list[str]:
         return [deployment.settings]
 
-    def wire(self, session: Session, settings: RunSettings, env: Mapping[str, str]) -> Wiring:
+    def wire(
+        self, session: Session, settings: RunSettings, env: Mapping[str, str], liquidator: str
+    ) -> Wiring:
         d: SynthetixDeployment = session.deployment
         strategy = SynthetixPerpsV2(
             d,

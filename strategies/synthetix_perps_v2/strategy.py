@@ -28,7 +28,6 @@ from keeper.profit import X18
 from keeper.quotes import QuoteSource
 from keeper.rpc import BlockHeader, Rpc
 from keeper.strategy import Plan, Step
-from keeper.tx import TxOutcome
 from strategies.synthetix_perps_v2 import fees
 from strategies.synthetix_perps_v2.metadata import SynthetixDeployment
 from strategies.synthetix_perps_v2.views import (
@@ -275,11 +274,6 @@ class SynthetixPerpsV2:
             if message in reason:
                 return f"{message}: {meaning}"
         return reason
-
-    async def follow_up(
-        self, plan: SynthetixPlan, outcomes: list[TxOutcome], liquidator: str
-    ) -> SynthetixPlan | None:
-        return None  # a Synthetix liquidation closes the whole position; the keeper inherits nothing
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,10 @@ class Position:
     def key(self) -> str:
         return f"{self.market}:{self.account}"
 
+    @property
+    def exclusive(self) -> str:
+        return self.account.lower()
+
 
 async def read_parameters(read: Reader, deployment: SynthetixDeployment, block: int) -> dict[str, FeeParams]:
     """The fee and liquidation parameters of every market (by proxy), global ones included."""

@@ -1,0 +1,81 @@
+"""Before anything is signed: simulate, estimate, price.
+
+A plan's steps depend on each other (a maker's cancels before its liquidation, an approval before a
+swap, a flag before a Synthetix liquidation), so `simulate_sequence` runs them one after the other on
+top of the head with `eth_simulateV1`: the whole plan is proven at the head it was planned on, and its
+gas is measured there. A node without `eth_simulateV1` answers None, and the caller falls back to
+sending one step a block, each simulated alone with `eth_call` just before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from keeper import gas
+from keeper.codec import decode_revert
+from keeper.errors import RpcError
+from keeper.receipts import TxRequest, revert_reason
+from keeper.rpc import BlockId, Rpc
+
+UNSUPPORTED = (-32601, -32600)  # method not found / invalid request: no eth_simulateV1 here
+
+
+def _block(block: BlockId) -> str:
+    return block if isinstance(block, str) else hex(block)
+
+
+def _tx(sender: str, request: TxRequest) -> dict[str, str]:
+    return {"from": sender, "to": request.to, "data": "0x" + request.data.hex()}
+
+
+async def simulate(rpc: Rpc, sender: str, request: TxRequest, block: BlockId) -> tuple[bool, str, bytes]:
+    """eth_call of one transaction at `block`: (ok, reason, return data)."""
+    try:
+        out = await rpc.request("eth_call", [_tx(sender, request), _block(block)])
+    except RpcError as exc:
+        return False, revert_reason(exc), b""
+    return True, "", bytes.fromhex(str(out).removeprefix("0x"))
+
+
+async def simulate_sequence(
+    rpc: Rpc, sender: str, requests: Sequence[TxRequest], block: BlockId
+) -> list[tuple[bool, str, int]] | None:
+    """(ok, reason, gas used) of each transaction run in order on top of `block`; None: unsupported."""
+    payload = {"blockStateCalls": [{"calls": [_tx(sender, r) for r in requests]}], "validation": False}
+    try:
+        blocks = await rpc.request("eth_simulateV1", [payload, _block(block)])
+    except RpcError as exc:
+        if exc.code in UNSUPPORTED or "not supported" in exc.message.lower():
+            return None
+        raise
+    calls: list[dict[str, Any]] = blocks[0]["calls"] if blocks else []
+    if len(calls) != len(requests):
+        return None
+    return [_call_result(call) for call in calls]
+
+
+def _call_result(call: dict[str, Any]) -> tuple[bool, str, int]:
+    used = int(call.get("gasUsed", "0x0"), 16)
+    if call.get("status") == "0x1":
+        return True, "", used
+    error = call.get("error") or {}
+    data = error.get("data") if isinstance(error, dict) else None
+    if not data and call.get("returnData") not in (None, "0x"):
+        data = call["returnData"]
+    if isinstance(data, str) and len(data) > 2:
+        return False, decode_revert(bytes.fromhex(data[2:])), used
+    return False, str(error.get("message", "reverted") if isinstance(error, dict) else "reverted"), used
+
+
+async def estimate_gas(rpc: Rpc, sender: str, request: TxRequest) -> int:
+    return int(await rpc.request("eth_estimateGas", [_tx(sender, request)]), 16)
+
+
+async def fees(rpc: Rpc, max_fee_gwei: int | None) -> tuple[int, int]:
+    """(max fee, tip) per gas: twice the base fee plus the tip, under the operator's ceiling."""
+    price = await gas.gas_price(rpc, max_fee_gwei)
+    max_fee = 2 * price.base_fee + price.tip
+    if price.max_fee is not None:
+        max_fee = min(price.max_fee, max_fee)
+    return max_fee, min(price.tip, max_fee)
