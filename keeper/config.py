@@ -37,6 +37,7 @@ class RunSettings:
     susd_usd: int | None = None  # X18: sUSD's USD price when no quote can be had (Synthetix)
     gas_budget: int | None = None  # gas units sent per block; None: half the block's gas limit
     shutdown_grace: float = 20.0  # seconds SIGTERM keeps following what is in flight
+    max_in_flight: int | None = None  # plans in flight at once; None: as many as the gas budget allows
 
 
 def load_dotenv(path: Path = Path(".env"), env: dict[str, str] | None = None) -> int:
@@ -130,6 +131,7 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
         susd_usd=usd(env, "KEEPER_SUSD_USD", None),
         gas_budget=integer(env, "KEEPER_GAS_BUDGET", None, low=21_000, high=10**10),
         shutdown_grace=float(integer(env, "KEEPER_SHUTDOWN_GRACE_SECONDS", 20, low=0, high=3_600) or 0),
+        max_in_flight=integer(env, "KEEPER_MAX_IN_FLIGHT", None, low=1, high=10_000),
     )
 
 

@@ -41,9 +41,9 @@ Planned = tuple[Strategy[Any], Plan[Any], Result]
 class Sender(Protocol):
     """What the engine needs of the transaction manager (`keeper/tx.py`)."""
 
-    async def prepare_plan(
-        self, requests: Sequence[TxRequest], *, block: BlockId
-    ) -> list[Prepared] | TxOutcome: ...
+    async def prepare_batch(
+        self, plans: Sequence[Sequence[TxRequest]], *, block: BlockId
+    ) -> list[list[Prepared] | TxOutcome]: ...
 
     async def dispatch_all(self, prepared: Sequence[Prepared]) -> list[Pending | TxOutcome]: ...
 
@@ -75,6 +75,7 @@ class Engine:
         metrics: Metrics | None = None,
         *,
         gas_budget: int | None = None,
+        max_in_flight: int | None = None,
         plan_concurrency: int = 16,
         error_cooldown: float = ERROR_COOLDOWN_SECONDS,
         poll_seconds: float = 0.2,
@@ -83,6 +84,7 @@ class Engine:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
         self.audit, self.tx, self.metrics = audit, tx, metrics
         self.gas_budget, self.error_cooldown, self.clock = gas_budget, error_cooldown, clock
+        self.max_in_flight = max_in_flight  # plans at once (1: one transaction at a time, the old way)
         self.poll_seconds = poll_seconds
         self._planning = asyncio.Semaphore(plan_concurrency)
         self.flights = Flights()
@@ -183,6 +185,11 @@ class Engine:
             if why := self._over_capital(plan, committed):
                 result.reason = why
                 continue
+            if self.max_in_flight is not None and len(self.flights) + len(accepted) >= self.max_in_flight:
+                result.reason = (
+                    f"{self.max_in_flight} plan(s) in flight already (KEEPER_MAX_IN_FLIGHT): next head"
+                )
+                continue
             if budget is not None and used + plan.steps[0].gas > budget:
                 result.reason = f"this block's gas budget is used ({used:,} of {budget:,}): next head"
                 continue
@@ -205,15 +212,17 @@ class Engine:
         return ""
 
     async def _send(self, accepted: list[Planned], head: BlockHeader, tx: Sender) -> None:
-        """Prove and price every plan at once at the head; sign and broadcast them in rank order."""
+        """Prove every plan at the head as the one sequence they will land as, price them; then sign and
+        broadcast them in that (rank) order."""
         flights = [Flight(s, p, r) for s, p, r in accepted]
-        prepared = await asyncio.gather(
-            *(tx.prepare_plan(f.requests(), block=head.number) for f in flights), return_exceptions=True
-        )
+        try:
+            prepared = await tx.prepare_batch([f.requests() for f in flights], block=head.number)
+        except Exception as exc:
+            for flight in flights:
+                self._failed(flight.result, flight.strategy, flight.plan.opportunity, "send", exc)
+            return
         for flight, ready in zip(flights, prepared, strict=True):
             try:
-                if isinstance(ready, BaseException):
-                    raise ready
                 sent = [ready] if isinstance(ready, TxOutcome) else await tx.dispatch_all(ready)
             except Exception as exc:
                 self._failed(flight.result, flight.strategy, flight.plan.opportunity, "send", exc)
@@ -268,7 +277,10 @@ class Engine:
     def _landed(self, flight: Flight, outcome: TxOutcome) -> None:
         """What one step's outcome does to its result row, the metrics and the audit trail."""
         result, plan, strategy = flight.result, flight.plan, flight.strategy
-        step = plan.steps[min(flight.landed, len(plan.steps) - 1)]
+        index = next(
+            (i for i, r in enumerate(flight.requests()) if r.key == outcome.request.key), flight.landed
+        )
+        step = plan.steps[min(index, len(plan.steps) - 1)]
         flight.outcomes.append(outcome)
         result.gas_wei += outcome.fee_wei
         if outcome.tx_hash and outcome.tx_hash not in result.txs:

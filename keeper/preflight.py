@@ -79,3 +79,34 @@ async def fees(rpc: Rpc, max_fee_gwei: int | None) -> tuple[int, int]:
     if price.max_fee is not None:
         max_fee = min(price.max_fee, max_fee)
     return max_fee, min(price.tip, max_fee)
+
+
+MAX_PROOF_ROUNDS = 4
+
+
+async def prove_batch(
+    rpc: Rpc, sender: str, plans: Sequence[Sequence[TxRequest]], block: BlockId
+) -> tuple[dict[int, list[int]], dict[int, tuple[TxRequest, str]]] | None:
+    """Every plan's steps, in this order, as one sequence on top of `block`: transactions of one
+    head land in one block, and each may change what the next one finds (a maker's cancel removes
+    liquidity a close trades against). A plan with a failing step is dropped and the rest proven
+    again. Returns (plan index -> gas used per step, plan index -> (failing step, reason)), or None
+    where the node cannot simulate a sequence."""
+    alive = list(range(len(plans)))
+    failed: dict[int, tuple[TxRequest, str]] = {}
+    for _ in range(MAX_PROOF_ROUNDS):
+        flat = [(i, r) for i in alive for r in plans[i]]
+        if not flat:
+            return {}, failed
+        results = await simulate_sequence(rpc, sender, [r for _, r in flat], block)
+        if results is None:
+            return None
+        gas: dict[int, list[int]] = {i: [] for i in alive}
+        for (i, request), (ok, reason, used) in zip(flat, results, strict=True):
+            gas[i].append(used)
+            if not ok and i not in failed:
+                failed[i] = (request, reason)
+        if not any(i in failed for i in alive):
+            return gas, failed
+        alive = [i for i in alive if i not in failed]
+    return {i: gas[i] for i in alive}, failed  # the last round's survivors, proven as they then stood

@@ -1,10 +1,10 @@
 """What the transaction manager sends and what came of it: requests, prepared and pending
-transactions, what the journal records, outcomes read from receipts, revert reasons in words."""
+transactions, outcomes read from receipts, revert reasons in words."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from keeper.codec import decode_revert
 from keeper.errors import RpcError
@@ -38,30 +38,6 @@ class TxOutcome:
 
 
 @dataclass(frozen=True)
-class Signed:
-    """A signed transaction, as the journal records it before it is broadcast."""
-
-    request: TxRequest
-    sender: str
-    nonce: int
-    tx_hash: str
-    raw: bytes
-    gas_limit: int
-    max_fee: int
-    tip: int
-
-
-class Journal(Protocol):
-    """Where signed transactions are recorded before broadcast (keeper/journal.py)."""
-
-    def signed(self, tx: Signed) -> None: ...
-
-    def outcome(self, tx_hash: str, status: str, block: int | None, gas_used: int, fee_wei: int) -> None: ...
-
-    def may_be_mined(self, key: str) -> bool: ...
-
-
-@dataclass(frozen=True)
 class Prepared:
     """A request simulated and priced, ready to be signed."""
 
@@ -86,6 +62,8 @@ class Pending:
     started: float
     replacements: int = 0
     outcome: TxOutcome | None = None
+    restored: bool = False  # from the journal after a restart: re-broadcast as is, never re-signed
+    unseen: int = 0  # polls in a row that found its nonce used and no receipt of ours
 
 
 def revert_reason(error: RpcError) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from keeper.errors import RpcError
 from keeper.journal import DROPPED, PENDING, Entry, Journal, broadcast, receipt_outcome
+from keeper.receipts import Pending, TxRequest
 from keeper.rpc import Rpc
 
 
@@ -176,3 +177,29 @@ def _result(sender: str, counts: Counter[str], kept: list[Entry], pool: int) -> 
     return Reconciled(
         sender.lower(), dict(+counts), tuple(sorted(kept, key=lambda e: e.nonce)), next_nonce, gaps
     )
+
+
+def restored(found: Reconciled, head: int, now: float) -> dict[str, Pending]:
+    """What the transaction manager follows after a restart: each pending step, with every hash of its
+    nonce and the newest signed bytes (re-broadcast as they are: there is no re-signing)."""
+    by_step: dict[str, list[Entry]] = {}
+    for entry in found.pending:
+        by_step.setdefault(entry.step, []).append(entry)
+    pending = {}
+    for step, entries in by_step.items():
+        newest = max(entries, key=lambda e: e.max_fee)
+        request = TxRequest(step, newest.account, "", b"", newest.label)
+        hashes = [e.tx_hash for e in entries]
+        pending[step] = Pending(
+            request,
+            newest.nonce,
+            newest.gas_limit,
+            newest.max_fee,
+            newest.tip,
+            hashes,
+            newest.raw,
+            head,
+            now,
+            restored=True,
+        )
+    return pending

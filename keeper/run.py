@@ -22,6 +22,7 @@ from keeper.audit import AuditLog
 from keeper.engine import Engine
 from keeper.errors import SettingError
 from keeper.flights import Result
+from keeper.journal import Journal
 from keeper.loop import HeadLoop
 from keeper.metrics import Metrics, configure_logging
 from keeper.profit import usd_text
@@ -49,19 +50,30 @@ async def main(args: Any) -> int:
     wiring: Wiring | None = None
     try:
         wiring = plugin.wire(session, settings, os.environ, liquidator)
-        tx = (
-            None
-            if signer is None
-            else TxManager(
-                session.rpc, signer, session.deployment.chain_id, max_fee_gwei=settings.max_fee_gwei
+        tx = None
+        if signer is not None:
+            journal = Journal(session.store, audit)
+            tx = TxManager(
+                session.rpc,
+                signer,
+                session.deployment.chain_id,
+                journal=journal,
+                max_fee_gwei=settings.max_fee_gwei,
             )
-        )
+            await tx.start()  # settle the journal with the chain before anything new is signed
         metrics = Metrics(
             block_interval=settings.block_interval, stale_head_seconds=settings.stale_head_seconds
         )
         session.rpc.on_error = lambda kind: metrics.rpc_errors.labels(kind).inc()
         engine = Engine(
-            wiring.strategies, session.rpc, liquidator, audit, tx, metrics, gas_budget=settings.gas_budget
+            wiring.strategies,
+            session.rpc,
+            liquidator,
+            audit,
+            tx,
+            metrics,
+            gas_budget=settings.gas_budget,
+            max_in_flight=settings.max_in_flight,
         )
         print(
             f"perp-keeper {'dry-run' if tx is None else 'live'} ({plugin.name}): liquidator {liquidator}",

@@ -28,13 +28,16 @@ from eth_utils.address import to_checksum_address
 
 from keeper import gas, preflight
 from keeper.errors import RpcError, RpcMalformedError, RpcUnavailableError
-from keeper.receipts import Journal, Pending, Prepared, Signed, TxOutcome, TxRequest, outcome_of
+from keeper.journal import Entry, Journal
+from keeper.receipts import Pending, Prepared, TxOutcome, TxRequest, outcome_of
+from keeper.reconcile import Reconciled, reconcile, restored
 from keeper.rpc import BlockId, Rpc
 
 log = logging.getLogger(__name__)
 
 MAYBE_SENT = ("already known", "nonce too low", "known transaction", "already imported")
 BUMP_BPS = 1_250  # +12.5 %
+DROPPED_AFTER_POLLS = 3
 GAS_MARGIN = 25_000  # over 1.3x a simulated step's gas: state may move before it lands
 
 
@@ -68,6 +71,19 @@ class TxManager:
         self._nonce: int | None = None
         self._signing = asyncio.Lock()  # sign, journal, broadcast: nonces stay consecutive and ordered
         self._polling = asyncio.Lock()
+
+    async def start(self) -> Reconciled | None:
+        """Before anything new is signed: settle the journal with the chain; follow what may still be
+        mined (re-broadcast from its stored bytes, never re-signed) and take the next free nonce."""
+        if self.journal is None:
+            return None
+        found = await reconcile(self.journal, self.rpc, self.address)
+        self.pending.update(restored(found, await self.rpc.block_number(), self.clock()))
+        self._nonce = found.next_nonce
+        if found.gaps:
+            log.warning("nonces %s are free below pending ones: those wait until they are used", found.gaps)
+        log.info("journal reconciled: %s", found.counts)
+        return found
 
     # --- checks -------------------------------------------------------------------------------------
     def in_flight(self) -> set[str]:
@@ -114,28 +130,42 @@ class TxManager:
         max_fee, tip = await preflight.fees(self.rpc, self.max_fee_gwei)
         return Prepared(request, limit, max_fee, tip)
 
-    async def prepare_plan(
-        self, requests: Sequence[TxRequest], *, block: BlockId
-    ) -> list[Prepared] | TxOutcome:
-        """A plan's steps, proven together on top of `block` (`eth_simulateV1`): all of them, ready to go
-        out in one block. Where the node cannot simulate a sequence, only the first step (the others
-        go out one a block, each simulated just before)."""
-        if len(requests) > 1:
-            for request in requests:
-                if why := self.blocked(request):
-                    return TxOutcome(request, "skipped", why)
-            simulated = await preflight.simulate_sequence(self.rpc, self.address, requests, block)
-            if simulated is not None:
-                for request, (ok, reason, _) in zip(requests, simulated, strict=True):
-                    if not ok:
-                        return self._failed(TxOutcome(request, "simulation-failed", reason))
-                max_fee, tip = await preflight.fees(self.rpc, self.max_fee_gwei)
-                return [
-                    Prepared(r, used * 13 // 10 + GAS_MARGIN, max_fee, tip)
-                    for r, (_, _, used) in zip(requests, simulated, strict=True)
-                ]
-        first = await self.prepare(requests[0], block=block)
-        return first if isinstance(first, TxOutcome) else [first]
+    async def prepare_batch(
+        self, plans: Sequence[Sequence[TxRequest]], *, block: BlockId
+    ) -> list[list[Prepared] | TxOutcome]:
+        """Every plan of a head proven as the one sequence it will be mined as (`preflight.prove_batch`);
+        one plan at a time where the node cannot simulate a sequence."""
+        blocked = {
+            i: TxOutcome(r, "skipped", why)
+            for i, p in enumerate(plans)
+            for r in p
+            if (why := self.blocked(r))
+        }
+        live = [i for i in range(len(plans)) if i not in blocked]
+        proven = await preflight.prove_batch(self.rpc, self.address, [plans[i] for i in live], block)
+        if proven is None:  # no eth_simulateV1: each plan's first step alone, the next ones a block later
+            return [blocked.get(i) or await self._first(p, block) for i, p in enumerate(plans)]
+        gas_by, failures = proven
+        max_fee, tip = await preflight.fees(self.rpc, self.max_fee_gwei) if gas_by else (0, 0)
+        out: list[list[Prepared] | TxOutcome] = []
+        for i, steps in enumerate(plans):
+            if i in blocked:
+                out.append(blocked[i])
+            elif (j := live.index(i)) in failures:
+                request, reason = failures[j]
+                out.append(self._failed(TxOutcome(request, "simulation-failed", reason)))
+            else:
+                out.append(
+                    [
+                        Prepared(r, g * 13 // 10 + GAS_MARGIN, max_fee, tip)
+                        for r, g in zip(steps, gas_by[j], strict=True)
+                    ]
+                )
+        return out
+
+    async def _first(self, steps: Sequence[TxRequest], block: BlockId) -> list[Prepared] | TxOutcome:
+        prepared = await self.prepare(steps[0], block=block)
+        return prepared if isinstance(prepared, TxOutcome) else [prepared]
 
     async def dispatch(self, prepared: Prepared) -> Pending | TxOutcome:
         """Sign with the next nonce, journal, broadcast: in the order dispatches are called."""
@@ -170,7 +200,7 @@ class TxManager:
             self._nonce = None  # unknown: resync before the next send
             self.pending.pop(request.key, None)
             if pending.hashes and self.journal is not None:
-                self.journal.outcome(pending.hashes[-1], "dropped", None, 0, 0)
+                self.journal.record_outcome(pending.hashes[-1], "dropped", reason=f"refused: {exc.message}")
             return self._failed(TxOutcome(request, "send-failed", exc.message, pending.hashes[-1]))
         self._nonce = nonce + 1
         return pending
@@ -212,16 +242,18 @@ class TxManager:
         signed = self.signer.sign_transaction(tx)
         tx_hash, raw = "0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction)
         if self.journal is not None:
-            self.journal.signed(
-                Signed(
-                    request,
+            self.journal.record_signed(
+                Entry(
+                    request.key,
+                    request.account,
+                    request.label,
                     self.address,
                     pending.nonce,
                     tx_hash,
                     raw,
-                    pending.gas_limit,
                     pending.max_fee,
                     pending.tip,
+                    pending.gas_limit,
                 )
             )
         pending.hashes.append(tx_hash)
@@ -289,12 +321,12 @@ class TxManager:
         pending.outcome = outcome = await outcome_of(self.rpc, pending.request, receipt, pending.replacements)
         self.pending.pop(pending.request.key, None)
         if self.journal is not None:
-            self.journal.outcome(
+            self.journal.record_outcome(
                 str(receipt["transactionHash"]),
-                outcome.status,
-                outcome.block,
-                outcome.gas_used,
-                outcome.fee_wei,
+                "mined" if outcome.ok else "reverted",
+                block=outcome.block,
+                gas_used=outcome.gas_used,
+                fee_wei=outcome.fee_wei,
             )
         if not outcome.ok:
             self._failed(outcome)
@@ -303,16 +335,19 @@ class TxManager:
     async def _nudge(self, waiting: list[Pending], head: int, mined_nonce: int) -> None:
         """Replace what waited `replace_after_blocks`; a nonce used by another transaction is dropped."""
         for p in waiting:
-            if p.nonce < mined_nonce:  # no receipt for any of its hashes, yet its nonce is used
+            # no receipt for any of its hashes, yet its nonce is used: by another transaction, once a
+            # few polls agree (a node may count the nonce a moment before it serves the receipt)
+            p.unseen = p.unseen + 1 if p.nonce < mined_nonce else 0
+            if p.unseen >= DROPPED_AFTER_POLLS:
                 p.outcome = TxOutcome(
                     p.request, "dropped", "its nonce was used by another transaction", p.hashes[-1]
                 )
                 self.pending.pop(p.request.key, None)
                 if self.journal is not None:
                     for tx_hash in p.hashes:
-                        self.journal.outcome(tx_hash, "dropped", None, 0, 0)
+                        self.journal.record_outcome(tx_hash, "dropped", reason="nonce used by another tx")
                 continue
-            if head - p.sent_block >= self.replace_after_blocks:
+            if not p.unseen and head - p.sent_block >= self.replace_after_blocks:
                 async with self._signing:
                     await self._replace(p, head)
 
@@ -320,7 +355,11 @@ class TxManager:
         bumped_fee = p.max_fee * (10_000 + BUMP_BPS) // 10_000 + 1
         ceiling = None if self.max_fee_gwei is None else self.max_fee_gwei * gas.GWEI
         p.sent_block = head
-        if p.replacements >= self.max_replacements or (ceiling is not None and bumped_fee > ceiling):
+        if (
+            p.restored
+            or p.replacements >= self.max_replacements
+            or (ceiling is not None and bumped_fee > ceiling)
+        ):
             await self._rebroadcast(p)  # no higher fee allowed: make sure the node still has it
             return
         p.max_fee, p.tip = bumped_fee, min(p.tip * (10_000 + BUMP_BPS) // 10_000 + 1, bumped_fee)

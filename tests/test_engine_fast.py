@@ -89,11 +89,10 @@ class FakeSender:
     mining: bool = True
     bundles: bool = True
 
-    async def prepare_plan(
-        self, requests: Sequence[TxRequest], *, block: BlockId
-    ) -> list[Prepared] | TxOutcome:
-        chosen = requests if self.bundles else requests[:1]
-        return [Prepared(r, GAS, 2, 1) for r in chosen]
+    async def prepare_batch(
+        self, plans: Sequence[Sequence[TxRequest]], *, block: BlockId
+    ) -> list[list[Prepared] | TxOutcome]:
+        return [[Prepared(r, GAS, 2, 1) for r in (steps if self.bundles else steps[:1])] for steps in plans]
 
     async def dispatch_all(self, prepared: Sequence[Prepared]) -> list[Pending | TxOutcome]:
         sent: list[Pending | TxOutcome] = []

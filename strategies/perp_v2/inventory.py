@@ -4,7 +4,7 @@ A liquidation hands the keeper the trader's position (a taker position in that m
 or the trader's collateral (WETH in the keeper's wallet). They are closed and sold here, from what the
 chain says the keeper holds, not by an in-process follow-up: after a crash, a failed close or a
 restart, the next head closes and sells what is there. Several takeovers in one market are closed
-together (`closePosition` closes the keeper's whole position in that market).
+together: the trade closes what the keeper held at the head.
 
 Positions are closed under the `close` policy (`hold` keeps them), with the slippage bound against a
 simulated close. Collateral tokens in the wallet are sold at the best quote no worse than the Vault's
@@ -25,7 +25,7 @@ from keeper.rpc import BlockHeader, Rpc
 from keeper.strategy import CLOSE, Plan, Step
 from strategies.perp_v2 import risk
 from strategies.perp_v2.metadata import Deployment
-from strategies.perp_v2.positions import CLOSE_POSITION, DEADLINE, GAS_CLOSE, NO_REFERRAL, trade_quote
+from strategies.perp_v2.positions import DEADLINE, GAS_CLOSE, NO_REFERRAL, OPEN_POSITION, trade_quote
 from strategies.perp_v2.reverts import explain
 from strategies.perp_v2.sale import Seller
 from strategies.perp_v2.scanner import Scanner
@@ -109,25 +109,27 @@ class PerpV2Inventory:
         return plan
 
     async def _close(self, op: risk.Opportunity, liquidator: str) -> InventoryPlan:
-        """Close the keeper's whole position in one market, bounded by the slippage setting."""
+        """Trade exactly what the keeper holds in one market back to flat, bounded by the slippage
+        setting. An exact amount, not `closePosition`: a takeover in the same market landing in the
+        same block must not change what this trade closes (nor break its bound)."""
         assert op.base_token is not None
         base, held = op.base_token, op.size
         plan: InventoryPlan = Plan(op, [], False, "", CLOSE, detail={"keeper_position": held})
+        selling = held > 0  # a long is closed by selling base (exact input), a short by buying it back
+        trade = (base, selling, selling, abs(held), 0, DEADLINE, 0, NO_REFERRAL)
         try:
             quote = await trade_quote(
-                self.rpc,
-                self.d.clearing_house,
-                liquidator,
-                encode_call(CLOSE_POSITION, (base, 0, 0, DEADLINE, NO_REFERRAL)),
+                self.rpc, self.d.clearing_house, liquidator, encode_call(OPEN_POSITION, trade)
             )
         except RpcError as exc:
             return plan.skip(f"cannot close the inherited position: {explain(revert_reason(exc))}")
         bps = self.settings.slippage_bps
-        # a long is closed by selling: receive at least quote x (1 - slippage);
-        # a short is closed by buying: pay at most quote x (1 + slippage)
-        bound = quote * (10_000 - bps) // 10_000 if held > 0 else quote * (10_000 + bps) // 10_000
+        # selling: receive at least quote x (1 - slippage); buying: pay at most quote x (1 + slippage)
+        bound = quote * (10_000 - bps) // 10_000 if selling else quote * (10_000 + bps) // 10_000
         plan.detail.update(simulated_quote=quote, opposite_amount_bound=bound)
-        data = encode_call(CLOSE_POSITION, (base, 0, bound, DEADLINE, NO_REFERRAL))
+        data = encode_call(
+            OPEN_POSITION, (base, selling, selling, abs(held), bound, DEADLINE, 0, NO_REFERRAL)
+        )
         plan.steps = [Step("close", self.d.clearing_house, data, GAS_CLOSE)]
         plan.execute, plan.reason = True, f"close the inherited position (slippage bound {bps} bps)"
         return plan
