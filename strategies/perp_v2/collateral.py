@@ -7,7 +7,8 @@ reverts V_MSAE once the transaction lands a block later). Priced with the sale o
 at the best quote net of gas, minus the USDC repaid and every transaction's gas. After it runs,
 `follow_up` sells the seized collateral (`strategies/perp_v2/sale.py`: quoted afresh at that moment,
 never with the quote that priced the liquidation) or keeps it, with a warning, when no quote covers
-what was repaid; then plans the next round while the account stays liquidatable.
+what was repaid; then plans the next round while the account stays liquidatable. Approvals are
+exact: the Vault for what this round repays, the sale's spender for what it sells.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from keeper.codec import encode_call, topic
 from keeper.errors import RpcError
 from keeper.multicall import Reader, Result
 from keeper.profit import X18
-from keeper.quotes import QuoteSource, best_quote
+from keeper.quotes import QuoteSource
 from keeper.rpc import BlockHeader, Rpc
 from keeper.strategy import LIQUIDATE, SELL, Plan, Step
+from keeper.swaps import best_quote
 from keeper.tx import TxOutcome
 from strategies.perp_v2 import risk, sale
 from strategies.perp_v2.metadata import Deployment
@@ -36,7 +38,6 @@ from strategies.perp_v2.scanner import Scanner
 log = logging.getLogger(__name__)
 
 LIQUIDATE_COLLATERAL = "liquidateCollateral(address,address,uint256,bool)"
-UINT256_MAX = 2**256 - 1
 MAX_MARGIN_BPS = 1  # repay the maximum less 0.01 %
 GAS_LIQUIDATE_COLLATERAL = 600_000
 USDC_TO_X18 = 10**12
@@ -104,7 +105,7 @@ class PerpV2Collateral:
             return plan.skip("nothing to repay: the keeper's wallet has no USDC, or the maximum is 0")
         plan.size = collateral
         plan.detail.update(repay_usdc=amount, collateral=collateral, by_collateral=by_collateral)
-        steps = [] if allowance.one() >= amount else [_approve_vault(self.d)]
+        steps = [] if allowance.one() >= amount else [_approve_vault(self.d, amount)]
         repaid = collateral if by_collateral else amount
         data = encode_call(LIQUIDATE_COLLATERAL, op.account, token, repaid, not by_collateral)
         plan.steps = [*steps, Step("liquidateCollateral", self.d.vault, data, GAS_LIQUIDATE_COLLATERAL)]
@@ -143,7 +144,9 @@ class PerpV2Collateral:
         price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)
         gas_in_usdc = price.effective * eth_usd.one() // X18 // USDC_TO_X18  # per unit of gas, USDC units
         slippage = self.settings.slippage_bps
-        choice = await best_quote(self.sources, token, usdc, plan.size, liquidator, slippage, gas_in_usdc)
+        choice = await best_quote(
+            self.sources, token, usdc, plan.size, liquidator, slippage, gas_in_usdc, self.seller.guard.vet
+        )
         plan.detail.update(quotes_record(choice))
         amount = int(plan.detail["repay_usdc"])
         if choice.best is None:
@@ -189,8 +192,9 @@ class PerpV2Collateral:
         return again if again.execute else None
 
 
-def _approve_vault(d: Deployment) -> Step:
-    return Step("approve USDC for the Vault", d.usdc, encode_call(APPROVE, d.vault, UINT256_MAX), GAS_APPROVE)
+def _approve_vault(d: Deployment, amount: int) -> Step:
+    """Exactly what this liquidation repays: the keeper never leaves an allowance behind."""
+    return Step("approve USDC for the Vault", d.usdc, encode_call(APPROVE, d.vault, amount), GAS_APPROVE)
 
 
 def _seized(outcome: TxOutcome) -> int:
