@@ -28,7 +28,7 @@ from keeper.routers import EXACT_INPUT_SINGLE
 
 SPOT_FEE = 500
 GAS = 250_000
-ATTACKER = "0x000000000000000000000000000000000000bAD0"
+ATTACKER = "0x000000000000000000000000000000000000BAd0"
 HOSTILE = ("foreign-to", "foreign-spender", "transfer", "approve", "inflate", "recipient", "no-min")
 
 
