@@ -128,9 +128,12 @@ class SwapGuard:
     def __init__(self, rpc: Rpc, sources: Sequence[QuoteSource]) -> None:
         self.rpc = rpc
         self.listed = {s.name: s.contracts for s in sources}
+        self.simulates = False  # the node answered eth_simulateV1 once
 
     async def vet(self, quote: Quote, recipient: str, slippage_bps: int) -> None:
-        """Refuse (QuoteRejectedError) a quote whose transaction is not the sale it claims to be."""
+        """Refuse (QuoteRejectedError) a quote whose transaction is not the sale it claims to be, or
+        one that could not be simulated when the time comes to sell."""
+        await self._can_simulate(quote.source)
         name, listed = quote.source, self.listed.get(quote.source, frozenset())
         if not listed:
             raise QuoteRejectedError(f"{name}: no contract is listed for it on this chain")
@@ -145,6 +148,19 @@ class SwapGuard:
             raise QuoteRejectedError(f"{name}: {'; '.join(problems)}")
         if call.settler is not None and call.settler not in listed:
             await self._genuine_settler(name, call.settler)
+
+    async def _can_simulate(self, name: str) -> None:
+        """A sale is never signed unsimulated: on a node without eth_simulateV1 no quote is usable, so
+        nothing is liquidated for collateral the keeper could not sell."""
+        if self.simulates:
+            return
+        try:
+            await self.rpc.request("eth_simulateV1", [{"blockStateCalls": [{"calls": []}]}, "latest"])
+        except RpcError as exc:
+            raise QuoteRejectedError(
+                f"{name}: the node cannot simulate a sale (eth_simulateV1): {exc}"
+            ) from None
+        self.simulates = True
 
     async def _genuine_settler(self, name: str, settler: str) -> None:
         """0x's registry names its current Settler (`ownerOf` reverts while it is paused) and the

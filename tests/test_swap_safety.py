@@ -23,6 +23,8 @@ from web3 import Web3
 from devnet import up
 from devnet.chain import DevChain
 from devnet.fake_aggregator import ATTACKER, FakeAggregators
+from devnet.faults import RPC_ERROR
+from devnet.proxy import RpcProxy
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from keeper import config, routers
 from keeper.audit import AuditLog
@@ -42,7 +44,7 @@ from keeper.routers import (
 from keeper.swaps import APPROVAL, TRANSFER, Effects, SwapGuard, call_problems, effect_problems
 from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
-from strategies.perp_v2.plugin import PerpSession
+from strategies.perp_v2.plugin import PerpSession, open_session
 from tests.helpers import run_once
 
 KEEPER = Web3.to_checksum_address(KEEPER_ADDRESS)
@@ -211,6 +213,36 @@ async def test_the_simulation_alone_refuses_a_drain_that_names_listed_contracts(
     assert effects.sold == 10**18
     assert effects.received > 1_000 * 10**6
     assert weth(devnet) == weth_before + 10**18  # only simulated
+
+
+async def test_without_eth_simulate_v1_no_collateral_is_taken_that_could_not_be_sold(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path
+) -> None:
+    """A node that answers eth_simulateV1 with an error: every quote is refused when the liquidation is
+    priced, so the keeper does not repay debt for collateral it would then hold unsold."""
+    with RpcProxy(devnet.url) as proxy:
+        proxy.inject(RPC_ERROR, times=1_000, method="eth_simulateV1")
+        session = await open_session(proxy.url, devnet.metadata_path, tmp_path / "keeper.sqlite")
+        try:
+            d = session.deployment
+            assert d.quoter_v2 is not None
+            assert d.swap_router is not None
+            uniswap = UniswapV3(session.rpc, d.quoter_v2, d.swap_router)
+            strategy = PerpV2Collateral(
+                d, session.scanner, session.rpc, session.read, [uniswap], CollateralSettings()
+            )
+            await strategy.refresh()
+            op = next(
+                o for o in strategy.opportunities() if o.account == devnet.scenario.traders[TARGET].address
+            )
+            plan = await strategy.plan(op, KEEPER_ADDRESS)
+        finally:
+            await session.close()
+    assert not plan.execute
+    assert "no quote for the collateral" in plan.reason
+    (refused,) = plan.detail["quotes_rejected"]
+    assert "cannot simulate a sale (eth_simulateV1)" in refused["reason"]
+    assert proxy.injected[RPC_ERROR] >= 1
 
 
 def test_a_malformed_aggregator_setting_is_one_line_and_exit_2(
