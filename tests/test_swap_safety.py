@@ -215,6 +215,28 @@ async def test_the_simulation_alone_refuses_a_drain_that_names_listed_contracts(
     assert weth(devnet) == weth_before + 10**18  # only simulated
 
 
+async def test_a_0x_settler_must_be_the_one_the_registry_names(
+    devnet: up.Devnet, chain: DevChain, session: PerpSession
+) -> None:
+    """0x's registry, stood in for at its real address by code that answers one address to every call
+    (`ownerOf(2)`, `prev(2)`), then by code that reverts (a paused Settler)."""
+    holder = routers.ALLOWANCE_HOLDER
+    guard = SwapGuard(session.rpc, [ZeroEx("http://127.0.0.1:1", None, 10, contracts=[holder])])
+    genuine = "0x" + "5e" * 20
+
+    def quote_through(settler: str) -> Quote:
+        return _quote(WETH, USDC, holder, _exec(settler, settler, KEEPER, USDC, 1_980 * 10**6))
+
+    answer_genuine = "0x73" + genuine[2:] + "60005260206000f3"  # PUSH20 genuine; MSTORE; RETURN 32 bytes
+    chain.rpc("anvil_setCode", routers.SETTLER_REGISTRY, answer_genuine)
+    await guard.vet(quote_through(Web3.to_checksum_address(genuine)), KEEPER, 100)
+    with pytest.raises(QuoteRejectedError, match=f"Settler {SETTLER} is not the one 0x's registry names"):
+        await guard.vet(quote_through(SETTLER), KEEPER, 100)
+    chain.rpc("anvil_setCode", routers.SETTLER_REGISTRY, "0x60006000fd")  # REVERT: paused
+    with pytest.raises(QuoteRejectedError, match="names no Settler"):
+        await guard.vet(quote_through(Web3.to_checksum_address(genuine)), KEEPER, 100)
+
+
 async def test_without_eth_simulate_v1_no_collateral_is_taken_that_could_not_be_sold(
     devnet: up.Devnet, chain: DevChain, tmp_path: Path
 ) -> None:
