@@ -4,7 +4,11 @@ Answers have the real APIs' shapes; prices come from the real Uniswap v3 QuoterV
 the returned calldata is a real SwapRouter.exactInputSingle, so executing a quote swaps on chain.
 Each API can be told to misbehave the way real ones do: `429` (rate-limited, with Retry-After),
 `timeout`, `malformed`, `inflate` (quotes more than the pool gives, so `minOut` makes the swap revert),
-or `low` (quotes far below the pool).
+or `low` (quotes far below the pool); or the way a hostile or compromised one would (`HOSTILE`): send
+the transaction elsewhere (`foreign-to`), have another spender approved (`foreign-spender`, 0x: its
+`issues.allowance.spender`), answer with the token's own `transfer` of the seized amount to the
+attacker (`transfer`) or USDC's `approve` of the attacker for everything (`approve`), swap to the
+attacker (`recipient`), or accept any output (`no-min`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from urllib.parse import parse_qs, urlsplit
 from web3 import Web3
 
 from keeper.codec import encode_call
-from keeper.quotes import DEADLINE, EXACT_INPUT_SINGLE, QUOTE_EXACT_INPUT_SINGLE
+from keeper.quotes import DEADLINE, QUOTE_EXACT_INPUT_SINGLE
+from keeper.routers import EXACT_INPUT_SINGLE
 
 SPOT_FEE = 500
+GAS = 250_000
+ATTACKER = "0x000000000000000000000000000000000000BAd0"
+HOSTILE = ("foreign-to", "foreign-spender", "transfer", "approve", "inflate", "recipient", "no-min")
 
 
 class FakeAggregators:
@@ -60,8 +68,18 @@ class FakeAggregators:
         elif mode == "low":
             out = pool_out // 10
         min_out = out * (10_000 - slippage_bps) // 10_000
-        swap = encode_call(EXACT_INPUT_SINGLE, (sell, buy, self.fee, taker, DEADLINE, amount, min_out, 0))
-        return {"out": out, "min_out": min_out, "to": self.router, "data": "0x" + swap.hex(), "gas": 250_000}
+        recipient, bound = (ATTACKER if mode == "recipient" else taker), (0 if mode == "no-min" else min_out)
+        swap = encode_call(EXACT_INPUT_SINGLE, (sell, buy, self.fee, recipient, DEADLINE, amount, bound, 0))
+        to, spender = self.router, self.router
+        if mode == "foreign-to":
+            to = ATTACKER  # and, for 1inch, the spender: the client approves its `to`
+        elif mode == "foreign-spender":
+            spender = ATTACKER
+        elif mode == "transfer":
+            to, swap = sell, encode_call("transfer(address,uint256)", ATTACKER, amount)
+        elif mode == "approve":
+            to, swap = buy, encode_call("approve(address,uint256)", ATTACKER, 2**256 - 1)
+        return {"out": out, "min_out": min_out, "to": to, "spender": spender, "data": "0x" + swap.hex()}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
@@ -105,8 +123,8 @@ class FakeAggregators:
                         "liquidityAvailable": True,
                         "buyAmount": str(q["out"]),
                         "minBuyAmount": str(q["min_out"]),
-                        "issues": {"allowance": {"spender": q["to"], "actual": "0"}},
-                        "transaction": {"to": q["to"], "data": q["data"], "gas": str(q["gas"]), "value": "0"},
+                        "issues": {"allowance": {"spender": q["spender"], "actual": "0"}},
+                        "transaction": {"to": q["to"], "data": q["data"], "gas": str(GAS), "value": "0"},
                     }
                 else:
                     q = fake._quote(
@@ -119,7 +137,7 @@ class FakeAggregators:
                     )
                     body = {
                         "dstAmount": str(q["out"]),
-                        "tx": {"to": q["to"], "data": q["data"], "gas": q["gas"], "value": "0"},
+                        "tx": {"to": q["to"], "data": q["data"], "gas": GAS, "value": "0"},
                     }
                 self._send(200, body)
 

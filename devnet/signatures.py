@@ -32,6 +32,7 @@ from typing import Any
 from eth_utils.crypto import keccak
 
 from devnet import artifacts
+from devnet.published import PUBLISHED
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("keeper", "strategies")
@@ -372,6 +373,9 @@ def defined() -> dict[str, tuple[str, ...]]:
             where.setdefault(signature, []).append(name)
     for signature in BUILTIN:
         where.setdefault(signature, []).append("solidity")
+    for signature, (contract, published) in PUBLISHED.items():
+        if keccak(text=signature)[:4].hex() == published:
+            where.setdefault(signature, []).append(contract)
     return {s: tuple(names) for s, names in where.items()}
 
 

@@ -135,6 +135,24 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
     )
 
 
+AGGREGATORS = ("0x", "1inch")
+
+
+def aggregator_contracts(env: Mapping[str, str] | None = None) -> dict[str, frozenset[str]]:
+    """KEEPER_AGGREGATOR_CONTRACTS="0x:0xADDR,1inch:0xADDR": contracts the operator adds to an
+    aggregator's published ones on this chain (keeper/routers.py), as its router, allowance target and
+    (0x) Settler."""
+    env = os.environ if env is None else env
+    name = "KEEPER_AGGREGATOR_CONTRACTS"
+    listed: dict[str, set[str]] = {}
+    for entry in filter(None, (e.strip() for e in env.get(name, "").split(","))):
+        aggregator, sep, text = entry.partition(":")
+        if not sep or aggregator.strip() not in AGGREGATORS:
+            raise SettingError(f"{name}: expected AGGREGATOR:ADDRESS, AGGREGATOR 0x or 1inch; got {entry!r}")
+        listed.setdefault(aggregator.strip(), set()).add(address(text.strip(), name))
+    return {aggregator: frozenset(addresses) for aggregator, addresses in listed.items()}
+
+
 def address(text: str, setting: str) -> str:
     if not is_address(text):
         raise SettingError(f"{setting}: not an address: {text!r}")

@@ -5,15 +5,18 @@ which transaction", as a `Quote`. Aggregators (0x Swap API v2, 1inch v6) are cal
 timeouts, bounded retries that honour `Retry-After`, and validation of every field used; a malformed
 answer is an error, never a guess. Uniswap v3's QuoterV2 is the on-chain fallback that needs no API.
 The best quote *net of its gas* wins; a quote older than `max_age` seconds is fetched again before use.
+
+A quote is only a claim: each source lists the contracts its transactions may name (`contracts`,
+`keeper/routers.py`); `keeper/swaps.py` ranks the quotes and drops every one whose transaction is not
+what it claims.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import httpx
@@ -22,15 +25,16 @@ from eth_utils.address import is_address, to_checksum_address
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
+from keeper import routers
 from keeper.codec import encode_call
-from keeper.config import address
+from keeper.config import address, aggregator_contracts
 from keeper.errors import QuoteError, RpcError
+from keeper.routers import EXACT_INPUT_SINGLE, QuoteRejectedError
 from keeper.rpc import Rpc
 
 log = logging.getLogger(__name__)
 
 QUOTE_EXACT_INPUT_SINGLE = "quoteExactInputSingle((address,address,uint256,uint24,uint160))"
-EXACT_INPUT_SINGLE = "exactInputSingle((address,address,uint24,address,uint256,uint256,uint256,uint160))"
 UNISWAP_FEE_TIERS = (100, 500, 3_000, 10_000)
 # Uniswap v3 on OP Mainnet, used when neither the config nor the metadata names them
 OPTIMISM_QUOTER_V2 = "0x61fFE014bA17989E743c5F6cB21bF9697530B21e"
@@ -48,7 +52,7 @@ class Quote:
     buy_amount: int  # what the source says the sale returns
     gas: int  # gas units of the swap transaction
     spender: str  # who must be approved for `sell_token`
-    to: str | None  # the swap transaction; None: build it with `swap_calldata`
+    to: str  # the swap transaction
     data: bytes
     fetched_at: float
     fee_tier: int | None = None  # Uniswap v3 only
@@ -62,6 +66,7 @@ class Quote:
 
 class QuoteSource(Protocol):
     name: str
+    contracts: frozenset[str]  # what its transactions may name as `to` and spender (checksummed)
 
     async def quote(
         self, sell_token: str, buy_token: str, amount: int, taker: str, slippage_bps: int
@@ -93,11 +98,21 @@ class HttpAggregator:
     name = "aggregator"
 
     def __init__(
-        self, base_url: str, api_key: str | None, chain_id: int, timeout: float = 5.0, attempts: int = 3
+        self,
+        base_url: str,
+        api_key: str | None,
+        chain_id: int,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        contracts: Iterable[str] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.chain_id = chain_id
+        # the published ones on this chain unless told otherwise (configured_sources adds the operator's)
+        self.contracts = frozenset(
+            routers.listed(self.name, chain_id, {}) if contracts is None else map(_checksum, contracts)
+        )
         self.attempts = attempts
         self.client = httpx.AsyncClient(timeout=timeout)
 
@@ -150,6 +165,7 @@ class ZeroEx(HttpAggregator):
         if body.get("liquidityAvailable") is False:
             raise QuoteError("0x: no liquidity for this pair")
         tx = _mapping(body.get("transaction"), "0x", "transaction")
+        _no_value(tx, "0x", "transaction.value")
         spender = (body.get("issues") or {}).get("allowance") or {}
         return Quote(
             source=self.name,
@@ -186,6 +202,7 @@ class OneInch(HttpAggregator):
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         body = await self._get(f"/swap/v6.0/{self.chain_id}/swap", params, headers)
         tx = _mapping(body.get("tx"), "1inch", "tx")
+        _no_value(tx, "1inch", "tx.value")
         router = _address(tx.get("to"), None, "1inch")
         return Quote(
             source=self.name,
@@ -212,6 +229,7 @@ class UniswapV3:
 
     def __init__(self, rpc: Rpc, quoter: str, router: str, fee_tiers: Sequence[int] = UNISWAP_FEE_TIERS):
         self.rpc, self.quoter, self.router, self.fee_tiers = rpc, quoter, router, tuple(fee_tiers)
+        self.contracts = frozenset({_checksum(router)})
 
     async def quote(
         self, sell_token: str, buy_token: str, amount: int, taker: str, slippage_bps: int
@@ -233,7 +251,7 @@ class UniswapV3:
         if best is None:
             raise QuoteError(f"uniswap-v3: no pool for {sell_token}/{buy_token}")
         out, gas_estimate, fee = best
-        return Quote(
+        quote = Quote(
             source=self.name,
             sell_token=sell_token,
             buy_token=buy_token,
@@ -246,6 +264,7 @@ class UniswapV3:
             fetched_at=time.monotonic(),
             fee_tier=fee,
         )
+        return replace(quote, data=self.swap_calldata(quote, taker, slippage_bps))
 
     @classmethod
     def configured(
@@ -274,15 +293,26 @@ class UniswapV3:
 def configured_sources(
     rpc: Rpc, chain_id: int, quoter_v2: str | None, swap_router: str | None, env: Mapping[str, str]
 ) -> list[QuoteSource]:
-    """Uniswap v3 on chain always; an aggregator when its API key or URL is configured."""
+    """Uniswap v3 on chain always; an aggregator when its API key or URL is configured, trusting its
+    published contracts on this chain and those KEEPER_AGGREGATOR_CONTRACTS adds (checked even when no
+    aggregator is on: a malformed setting is an operator mistake either way)."""
     sources: list[QuoteSource] = [UniswapV3.configured(rpc, quoter_v2, swap_router, env)]
+    aggregator_contracts(env)
     for name, kind, default_url in (
         ("0X", ZeroEx, "https://api.0x.org"),
         ("1INCH", OneInch, "https://api.1inch.dev"),
     ):
         key, url = env.get(f"KEEPER_{name}_API_KEY"), env.get(f"KEEPER_{name}_API_URL")
         if key or url:
-            sources.append(kind(url or default_url, key, chain_id))
+            contracts = routers.listed(kind.name, chain_id, env)
+            if not contracts:
+                log.warning(
+                    "%s: no published contracts for chain %d: every quote will be refused until "
+                    "KEEPER_AGGREGATOR_CONTRACTS lists its router",
+                    kind.name,
+                    chain_id,
+                )
+            sources.append(kind(url or default_url, key, chain_id, contracts=contracts))
     return sources
 
 
@@ -290,47 +320,6 @@ async def close_sources(sources: Sequence[QuoteSource]) -> None:
     for source in sources:
         if isinstance(source, HttpAggregator):
             await source.close()
-
-
-# --- choosing -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Choice:
-    best: Quote | None
-    quotes: tuple[Quote, ...]
-    errors: tuple[str, ...]
-
-
-async def best_quote(
-    sources: Sequence[QuoteSource],
-    sell_token: str,
-    buy_token: str,
-    amount: int,
-    taker: str,
-    slippage_bps: int,
-    gas_cost_in_buy_token: int,
-) -> Choice:
-    """Ask every source at once; the highest `buy_amount - gas x gas_cost_in_buy_token` wins.
-
-    `gas_cost_in_buy_token` is what one unit of gas costs in the bought token's smallest units.
-    """
-    results = await asyncio.gather(
-        *(s.quote(sell_token, buy_token, amount, taker, slippage_bps) for s in sources),
-        return_exceptions=True,
-    )
-    quotes, errors = [], []
-    for source, result in zip(sources, results, strict=True):
-        if isinstance(result, Quote):
-            quotes.append(result)
-        elif isinstance(result, QuoteError | RpcError):
-            errors.append(str(result))
-        elif isinstance(result, BaseException):
-            errors.append(f"{source.name}: {type(result).__name__}: {result}")
-    best = max(quotes, key=lambda q: q.buy_amount - q.gas * gas_cost_in_buy_token, default=None)
-    for error in errors:
-        log.warning("quote source failed: %s", error)
-    return Choice(best, tuple(quotes), tuple(errors))
 
 
 # --- validation ------------------------------------------------------------------------------------------
@@ -364,3 +353,13 @@ def _hex_bytes(value: Any, source: str, field: str) -> bytes:
         except ValueError:
             pass
     raise QuoteError(f"{source}: `{field}` is not hex calldata")
+
+
+def _no_value(tx: dict[str, Any], source: str, field: str) -> None:
+    """The keeper sells tokens and sends no ETH: a transaction asking for some is not a token sale."""
+    if str(tx.get("value", "0")) not in ("0", "0x0", "0x"):
+        raise QuoteRejectedError(f"{source}: `{field}` asks for ETH ({tx.get('value')!r}); a sale sends none")
+
+
+def _checksum(text: str) -> str:
+    return str(to_checksum_address(text))

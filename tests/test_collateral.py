@@ -14,8 +14,9 @@ from devnet import up
 from devnet.chain import DevChain
 from devnet.fake_aggregator import FakeAggregators
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
-from keeper import quotes
+from keeper import routers, swaps
 from keeper.audit import AuditLog
+from keeper.codec import encode_call
 from keeper.engine import Engine
 from keeper.profit import X18
 from keeper.quotes import OneInch, QuoteSource, UniswapV3, ZeroEx
@@ -23,7 +24,7 @@ from keeper.tx import TxManager
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 from strategies.perp_v2.inventory import InventorySettings, PerpV2Inventory
 from strategies.perp_v2.plugin import PerpSession
-from strategies.perp_v2.sale import Seller
+from strategies.perp_v2.sale import APPROVE, Seller
 from tests.helpers import run_once
 
 WETH_ACCOUNTS = ("weth-leveraged", "weth-debt-threshold", "weth-debt-ratio")
@@ -36,16 +37,32 @@ def fake(devnet: up.Devnet) -> Iterator[FakeAggregators]:
         yield server
 
 
-def sources(
-    session: PerpSession, fake: FakeAggregators, chain_id: int, timeout: float = 5.0
-) -> list[QuoteSource]:
+def fake_contracts(router: str) -> dict[str, str]:
+    """The fake aggregators swap through the devnet's SwapRouter: listed the way an operator would."""
+    return {"KEEPER_AGGREGATOR_CONTRACTS": f"0x:{router},1inch:{router}"}
+
+
+def aggregator(
+    kind: type[ZeroEx] | type[OneInch], session: PerpSession, fake: FakeAggregators, timeout: float = 5.0
+) -> ZeroEx | OneInch:
+    d = session.deployment
+    assert d.swap_router is not None
+    listed = routers.listed(kind.name, d.chain_id, fake_contracts(d.swap_router))
+    return kind(fake.url, "test-key", d.chain_id, timeout=timeout, contracts=listed)
+
+
+def uniswap(session: PerpSession) -> UniswapV3:
     d = session.deployment
     assert d.quoter_v2 is not None
     assert d.swap_router is not None
+    return UniswapV3(session.rpc, d.quoter_v2, d.swap_router)
+
+
+def sources(session: PerpSession, fake: FakeAggregators, timeout: float = 5.0) -> list[QuoteSource]:
     return [
-        ZeroEx(fake.url, "test-key", chain_id, timeout=timeout),
-        OneInch(fake.url, "test-key", chain_id, timeout=timeout),
-        UniswapV3(session.rpc, d.quoter_v2, d.swap_router),
+        aggregator(ZeroEx, session, fake, timeout),
+        aggregator(OneInch, session, fake, timeout),
+        uniswap(session),
     ]
 
 
@@ -73,6 +90,7 @@ def test_run_once_liquidates_positions_then_collateral_and_sells_it_for_more_usd
         "KEEPER_0X_API_KEY": "test-key",
         "KEEPER_1INCH_API_URL": fake.url,
         "KEEPER_1INCH_API_KEY": "test-key",
+        **fake_contracts(devnet.deployment["SwapRouter"].address),
     }.items():
         monkeypatch.setenv(name, value)
     assert all(vault_liquidatable(devnet, label) for label in WETH_ACCOUNTS)
@@ -105,8 +123,8 @@ async def test_aggregator_failures_fall_back_to_the_others_and_uniswap(
     d = session.deployment
     assert d.weth9 is not None
     fake.modes.update({"0x": "429", "1inch": "malformed"})
-    all_sources = sources(session, fake, d.chain_id)
-    choice = await quotes.best_quote(all_sources, d.weth9, d.usdc, X18, KEEPER_ADDRESS, 100, 0)
+    all_sources = sources(session, fake)
+    choice = await swaps.best_quote(all_sources, d.weth9, d.usdc, X18, KEEPER_ADDRESS, 100, 0)
     assert choice.best is not None
     assert choice.best.source == "uniswap-v3"
     assert any("0x: HTTP 429" in e for e in choice.errors)
@@ -114,8 +132,8 @@ async def test_aggregator_failures_fall_back_to_the_others_and_uniswap(
     assert fake.requests["0x"] == 3  # retried (Retry-After: 0), then given up
 
     fake.modes.update({"0x": "timeout", "1inch": "ok"})
-    choice = await quotes.best_quote(
-        sources(session, fake, d.chain_id, timeout=0.5), d.weth9, d.usdc, X18, KEEPER_ADDRESS, 100, 0
+    choice = await swaps.best_quote(
+        sources(session, fake, timeout=0.5), d.weth9, d.usdc, X18, KEEPER_ADDRESS, 100, 0
     )
     assert choice.best is not None
     assert choice.best.source in ("1inch", "uniswap-v3")
@@ -126,7 +144,7 @@ async def test_every_quote_below_the_repaid_usdc_is_skipped_with_a_reason(
     devnet: up.Devnet, fake: FakeAggregators, session: PerpSession
 ) -> None:
     fake.modes["0x"] = "low"
-    strategy = collateral_strategy(session, [ZeroEx(fake.url, "k", session.deployment.chain_id)])
+    strategy = collateral_strategy(session, [aggregator(ZeroEx, session, fake)])
     await strategy.refresh()
     op = next(
         o
@@ -138,11 +156,11 @@ async def test_every_quote_below_the_repaid_usdc_is_skipped_with_a_reason(
     assert "every quote is below the repaid USDC" in plan.reason
 
 
-async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collateral(
+async def test_a_sale_whose_min_out_fails_is_refused_before_signing_and_keeps_the_collateral(
     devnet: up.Devnet, chain: DevChain, fake: FakeAggregators, session: PerpSession, tmp_path: Path
 ) -> None:
     fake.modes["0x"] = "inflate"  # quotes 1.5x what the pool gives: minOut cannot be met
-    sources: list[QuoteSource] = [ZeroEx(fake.url, "k", session.deployment.chain_id)]
+    sources: list[QuoteSource] = [aggregator(ZeroEx, session, fake)]
     strategy = collateral_strategy(session, sources)
     d = session.deployment
     seller = Seller(d.usdc, session.rpc, session.read, sources, 100)
@@ -154,14 +172,18 @@ async def test_a_sale_whose_min_out_fails_reverts_cleanly_and_keeps_the_collater
     weth_before = wallet(devnet, "WETH9")
     results = await engine.run_once()
     assert any(r.kind == "collateral" and r.status == "executed" for r in results)  # the liquidations
-    sales = [r for r in results if r.kind == "sell"]
-    assert not any(r.status == "executed" for r in sales)
-    failed = [r for r in sales if r.status == "failed"]
-    assert failed
-    assert all(r.reason.startswith("sell via 0x: simulation-failed") for r in failed)
-    assert all("Too little received" in r.reason for r in failed)
+    assert not any(r.kind == "sell" and r.status == "executed" for r in results)
     assert wallet(devnet, "WETH9") > weth_before  # the seized WETH is kept, not sold at a loss
     assert chain.w3.eth.get_transaction_count(Web3.to_checksum_address(KEEPER_ADDRESS)) > 0
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    sales = [r for r in records if r["event"] == "decision" and r["inputs"]["stage"] == "sell"]
+    assert sales
+    for sale in sales:
+        assert sale["decision"] == "skip"
+        assert "Too little received" in sale["reason"]  # the simulation's revert, before anything is signed
+        assert [r["source"] for r in sale["inputs"]["quotes_rejected"]] == ["0x"]
+    sent = {r["step"] for r in records if r["event"] == "transaction"}
+    assert sent <= {"approve USDC for the Vault", "liquidateCollateral"}  # no sale's approval, no swap
 
 
 async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vault_itself(
@@ -171,10 +193,7 @@ async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vau
     keeper = Web3.to_checksum_address(KEEPER_ADDRESS)
     chain.send(d["USDC"].functions.approve(d["Vault"].address, 0), keeper)
     chain.send(d["USDC"].functions.transfer(d["Vault"].address, wallet(devnet, "USDC") - 50 * 10**6), keeper)
-    assert session.deployment.quoter_v2 is not None
-    assert session.deployment.swap_router is not None
-    uniswap = UniswapV3(session.rpc, session.deployment.quoter_v2, session.deployment.swap_router)
-    strategy = collateral_strategy(session, [uniswap])
+    strategy = collateral_strategy(session, [uniswap(session)])
     await strategy.refresh()
     op = next(
         o
@@ -185,3 +204,25 @@ async def test_a_short_wallet_repays_what_it_has_and_the_keeper_approves_the_vau
     assert plan.detail["wallet_short"] is True
     assert plan.detail["repay_usdc"] == 50 * 10**6
     assert [s.label for s in plan.steps] == ["approve USDC for the Vault", "liquidateCollateral"]
+    assert plan.steps[0].data == encode_call(APPROVE, d["Vault"].address, 50 * 10**6)  # exact, not unlimited
+
+    # live: the liquidation and the sale use up exactly what they approved; no allowance is left behind
+    tx = TxManager(session.rpc, Account.from_key(KEEPER_KEY), session.deployment.chain_id)
+    sources: list[QuoteSource] = [uniswap(session)]
+    seller = Seller(d["USDC"].address, session.rpc, session.read, sources, 100)
+    inventory = PerpV2Inventory(
+        session.deployment,
+        session.scanner,
+        session.rpc,
+        session.read,
+        seller,
+        InventorySettings(KEEPER_ADDRESS),
+    )
+    engine = Engine([strategy, inventory], session.rpc, KEEPER_ADDRESS, AuditLog(None), tx)
+    weth_before = wallet(devnet, "WETH9")
+    results = await engine.run_once()
+    assert any(r.status == "executed" for r in results if r.account == op.account), results
+    assert any(r.kind == "sell" and r.status == "executed" for r in results)
+    assert d["USDC"].functions.allowance(keeper, d["Vault"].address).call() == 0
+    assert d["WETH9"].functions.allowance(keeper, d["SwapRouter"].address).call() == 0
+    assert wallet(devnet, "WETH9") == weth_before  # the seized WETH was sold

@@ -7,7 +7,8 @@ reverts V_MSAE once the transaction lands a block later). Priced with the sale o
 at the best quote net of gas, minus the USDC repaid and every transaction's gas. The seized
 collateral is sold by the inventory strategy (`inventory.py`, `sale.py`) at a later head, from what
 the keeper's wallet holds: quoted afresh then, never with the quote that priced the liquidation. While
-the account stays liquidatable, the next head plans the next round.
+the account stays liquidatable, the next head plans the next round. Approvals are exact: the Vault
+for what this round repays, the sale's spender (`sale.py`) for what it sells.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from keeper import gas, profit
 from keeper.codec import encode_call
 from keeper.multicall import Reader, Result
 from keeper.profit import X18
-from keeper.quotes import QuoteSource, best_quote
+from keeper.quotes import QuoteSource
 from keeper.rpc import BlockHeader, Rpc
 from keeper.strategy import LIQUIDATE, Plan, Step
+from keeper.swaps import SwapGuard, best_quote
 from strategies.perp_v2 import risk
 from strategies.perp_v2.metadata import Deployment
 from strategies.perp_v2.reverts import explain
@@ -34,7 +36,6 @@ from strategies.perp_v2.scanner import Scanner
 log = logging.getLogger(__name__)
 
 LIQUIDATE_COLLATERAL = "liquidateCollateral(address,address,uint256,bool)"
-UINT256_MAX = 2**256 - 1
 MAX_MARGIN_BPS = 1  # repay the maximum less 0.01 %
 GAS_LIQUIDATE_COLLATERAL = 600_000
 USDC_TO_X18 = 10**12
@@ -64,6 +65,7 @@ class PerpV2Collateral:
     ) -> None:
         self.d, self.scanner, self.rpc, self.read = deployment, scanner, rpc, read
         self.sources, self.settings = list(sources), settings
+        self.guard = SwapGuard(rpc, self.sources)  # quotes that fail the swap checks do not price anything
 
     async def refresh(self, head: BlockHeader | None = None) -> None:
         await self.scanner.update(head)  # after position liquidations of this tick: positions first
@@ -101,7 +103,7 @@ class PerpV2Collateral:
         plan.size = collateral
         plan.capital = (WALLET_USDC, amount, int(wallet.one()))
         plan.detail.update(repay_usdc=amount, collateral=collateral, by_collateral=by_collateral)
-        steps = [] if allowance.one() >= amount else [_approve_vault(self.d)]
+        steps = [] if allowance.one() >= amount else [_approve_vault(self.d, amount)]
         repaid = collateral if by_collateral else amount
         data = encode_call(LIQUIDATE_COLLATERAL, op.account, token, repaid, not by_collateral)
         plan.steps = [*steps, Step("liquidateCollateral", self.d.vault, data, GAS_LIQUIDATE_COLLATERAL)]
@@ -140,7 +142,9 @@ class PerpV2Collateral:
         price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)
         gas_in_usdc = price.effective * eth_usd.one() // X18 // USDC_TO_X18  # per unit of gas, USDC units
         slippage = self.settings.slippage_bps
-        choice = await best_quote(self.sources, token, usdc, plan.size, liquidator, slippage, gas_in_usdc)
+        choice = await best_quote(
+            self.sources, token, usdc, plan.size, liquidator, slippage, gas_in_usdc, self.guard.vet
+        )
         plan.detail.update(quotes_record(choice))
         amount = int(plan.detail["repay_usdc"])
         if choice.best is None:
@@ -169,5 +173,6 @@ class PerpV2Collateral:
         return int(value)
 
 
-def _approve_vault(d: Deployment) -> Step:
-    return Step("approve USDC for the Vault", d.usdc, encode_call(APPROVE, d.vault, UINT256_MAX), GAS_APPROVE)
+def _approve_vault(d: Deployment, amount: int) -> Step:
+    """Exactly what this liquidation repays: the keeper never leaves an allowance behind."""
+    return Step("approve USDC for the Vault", d.usdc, encode_call(APPROVE, d.vault, amount), GAS_APPROVE)

@@ -1,6 +1,12 @@
 """Selling collateral the keeper seized: quoted afresh when it is in the wallet (never with the quote
-that priced the liquidation), at the best source, with `minOut` = quote less the slippage bound; kept,
-with a warning, when no quote covers what was repaid."""
+that priced the liquidation), with `minOut` = quote less the slippage bound; kept, with a warning, when
+no quote covers what was repaid.
+
+Only a quote that passes `keeper/swaps.py` is used: its contracts listed, its calldata the sale it
+claims, then the whole sale (the approval for exactly the seized amount, the swap) simulated from the
+keeper's address with its balance changes checked. A refused quote is recorded with its reason
+(`quotes_rejected`) and the next best is tried, Uniswap v3 last.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ from typing import Any
 
 from keeper.codec import encode_call
 from keeper.multicall import Call, Reader
-from keeper.quotes import Choice, Quote, QuoteSource, UniswapV3, best_quote
+from keeper.quotes import Quote, QuoteSource
+from keeper.routers import QuoteRejectedError
 from keeper.rpc import Rpc
 from keeper.strategy import SELL, Plan, Step
+from keeper.swaps import Choice, SwapGuard, best_quote
 from strategies.perp_v2 import risk
 from strategies.perp_v2.views import Views
 
@@ -29,6 +37,7 @@ class Seller:
     ) -> None:
         self.usdc, self.rpc, self.read = usdc, rpc, read
         self.sources, self.slippage_bps = list(sources), slippage_bps
+        self.guard = SwapGuard(rpc, self.sources)
 
     async def plan(
         self, op: risk.Opportunity, liquidator: str, seized: int, repaid: int, round_: int
@@ -38,36 +47,51 @@ class Seller:
         plan: SalePlan = Plan(
             op, [], False, "", SELL, round_, detail={"seized": seized, "repaid_usdc": repaid}
         )
-        choice = await best_quote(self.sources, token, self.usdc, seized, liquidator, self.slippage_bps, 0)
+        choice = await best_quote(
+            self.sources, token, self.usdc, seized, liquidator, self.slippage_bps, 0, self.guard.vet
+        )
         plan.detail.update(quotes_record(choice))
-        best = choice.best
-        if best is None or best.buy_amount <= repaid:
-            reason = (
-                f"keeping the collateral: no quote covers the {repaid} USDC repaid "
-                f"({best.buy_amount if best else 'no quote'}; {'; '.join(choice.errors)})"
-            )
-            log.warning("%s %s: %s", op.account, token, reason)
-            return plan.skip(reason)
-        min_out = best.min_out(self.slippage_bps)
-        allowance, balance = await self._views(
-            Views.erc20_allowance(token, liquidator, best.spender), Views.erc20_balance(self.usdc, liquidator)
+        (plan.detail["usdc_before"],) = await self._views(Views.erc20_balance(self.usdc, liquidator))
+        for quote in choice.ranked:  # best first
+            if quote.buy_amount <= repaid or await self._sale(plan, quote, liquidator):
+                break
+        if plan.execute:
+            return plan
+        usable = [q for q in choice.ranked if q.buy_amount > repaid]
+        best = choice.ranked[0].buy_amount if choice.ranked else "no usable quote"
+        problems = [*choice.errors, *(r["reason"] for r in plan.detail["quotes_rejected"])]
+        reason = (
+            f"keeping the collateral: no quote covers the {repaid} USDC repaid ({best}; "
+            f"{'; '.join(problems)})"
+            if not usable
+            else f"keeping the collateral: every sale covering the {repaid} USDC repaid was refused "
+            f"({'; '.join(problems)})"
         )
-        plan.detail.update(min_out=min_out, source=best.source, usdc_before=balance)
-        if allowance < seized:
-            plan.steps.append(
-                Step(f"approve {best.source}", token, encode_call(APPROVE, best.spender, seized), GAS_APPROVE)
-            )
-        plan.steps.append(
-            Step(f"sell via {best.source}", best.to or "", self._swap_data(best, liquidator), best.gas)
-        )
-        plan.execute, plan.reason = True, f"sell {seized} at >= {min_out} USDC via {best.source}"
-        return plan
+        log.warning("%s %s: %s", op.account, token, reason)
+        return plan.skip(reason)
 
-    def _swap_data(self, quote: Quote, recipient: str) -> bytes:
-        if quote.data:
-            return quote.data
-        uniswap = next(s for s in self.sources if isinstance(s, UniswapV3))
-        return uniswap.swap_calldata(quote, recipient, self.slippage_bps)
+    async def _sale(self, plan: SalePlan, quote: Quote, liquidator: str) -> bool:
+        """The sale through `quote`, simulated: on success it becomes the plan's steps; else the
+        refusal is recorded and False returned."""
+        seized, min_out = quote.sell_amount, quote.min_out(self.slippage_bps)
+        (allowance,) = await self._views(Views.erc20_allowance(quote.sell_token, liquidator, quote.spender))
+        steps = [] if allowance == seized else [_approve(quote)]  # exactly this sale's amount
+        steps.append(Step(f"sell via {quote.source}", quote.to, quote.data, quote.gas))
+        try:
+            effects = await self.guard.simulate(liquidator, quote, [(s.to, s.data) for s in steps], min_out)
+        except QuoteRejectedError as exc:
+            log.warning("%s sale refused: %s", quote.source, exc)
+            plan.detail["quotes_rejected"].append({"source": quote.source, "reason": str(exc)})
+            return False
+        plan.steps = steps
+        plan.detail.update(
+            min_out=min_out,
+            source=quote.source,
+            best_quote=quote.source,
+            simulated={"sold": effects.sold, "received": effects.received},
+        )
+        plan.execute, plan.reason = True, f"sell {seized} at >= {min_out} USDC via {quote.source}"
+        return True
 
     async def verify(self, plan: SalePlan, liquidator: str) -> None:
         """After the sale: what it returned, against its bound (recorded; an error when below)."""
@@ -83,6 +107,11 @@ class Seller:
         return [int(r.one()) for r in await self.read(calls, block)]
 
 
+def _approve(quote: Quote) -> Step:
+    data = encode_call(APPROVE, quote.spender, quote.sell_amount)
+    return Step(f"approve {quote.source}", quote.sell_token, data, GAS_APPROVE)
+
+
 def quotes_record(choice: Choice) -> dict[str, Any]:
     return {
         "quotes": [
@@ -90,5 +119,6 @@ def quotes_record(choice: Choice) -> dict[str, Any]:
             for q in choice.quotes
         ],
         "quote_errors": list(choice.errors),
+        "quotes_rejected": [{"source": source, "reason": reason} for source, reason in choice.rejected],
         "best_quote": choice.best.source if choice.best else None,
     }
