@@ -15,9 +15,11 @@ from typing import TextIO
 
 from eth_abi.abi import decode
 
+from keeper import preflight
 from keeper.codec import encode_call
 from keeper.errors import RpcError
 from keeper.protocol import Check, ProtocolPlugin
+from keeper.receipts import TxRequest
 from keeper.rpc import Rpc, redact
 
 MIN_ETH_WEI = 10**16  # 0.01 ETH: a few hundred liquidations on Optimism
@@ -55,6 +57,23 @@ async def keeper_gas(rpc: Rpc, keeper: str | None) -> Check:
         return Check("keeper key", False, "no key: set KEEPER_PRIVATE_KEY, _FILE or KEEPER_KEYSTORE")
     balance = int(await rpc.request("eth_getBalance", [keeper, "latest"]), 16)
     return Check("ETH for gas", balance >= MIN_ETH_WEI, f"{balance / 10**18:.4f} ETH (want >= 0.01)")
+
+
+async def sequence_simulation(rpc: Rpc, sender: str) -> Check:
+    """`eth_simulateV1`: every plan of a head is proven as the one sequence it will be mined as, and a
+    sale's balance changes are checked before signing. Without it plans go out one step a block and
+    aggregator quotes are refused."""
+    probe = TxRequest("check", sender, sender, b"", "probe")
+    try:
+        supported = await preflight.simulate_sequence(rpc, sender, [probe, probe], "latest") is not None
+    except RpcError as exc:
+        return Check("sequence simulation (eth_simulateV1)", False, f"the node refused it: {exc.message}")
+    detail = (
+        "supported: a head's plans are proven together before signing"
+        if supported
+        else "not supported: plans go out one step a block and aggregator quotes are refused"
+    )
+    return Check("sequence simulation (eth_simulateV1)", supported, detail)
 
 
 async def uint_view(rpc: Rpc, to: str, signature: str, *args: object) -> int:

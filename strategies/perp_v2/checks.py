@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from eth_abi.abi import decode
 
-from keeper.check import chain_and_code, keeper_gas, uint_view
+from keeper.check import chain_and_code, keeper_gas, sequence_simulation, uint_view
 from keeper.codec import encode_call
 from keeper.errors import RpcError
 from keeper.protocol import Check
@@ -25,6 +25,7 @@ async def run_checks(rpc: Rpc, deployment: Deployment, keeper: str | None) -> li
     if deployment.eth_market is not None:
         checks.append(await _price_oracle(rpc, deployment.eth_market))
     checks.append(await keeper_gas(rpc, keeper))
+    checks.append(await sequence_simulation(rpc, keeper or deployment.clearing_house))
     if keeper is None:
         return checks
     return checks + await _funds(rpc, deployment, keeper)
@@ -46,10 +47,10 @@ async def _funds(rpc: Rpc, deployment: Deployment, keeper: str) -> list[Check]:
     return [
         Check("wallet USDC (collateral repayments)", wallet > 0, f"{wallet / 10**6:,.2f} USDC"),
         Check(
-            "Vault allowance for USDC",
-            allowance >= wallet,
-            f"{'unlimited' if allowance >= 2**255 else f'{allowance / 10**6:,.2f} USDC'} "
-            "(the keeper also approves by itself when short)",
+            "Vault allowance for USDC (information)",
+            True,
+            f"{'unlimited' if allowance >= 2**255 else f'{allowance / 10**6:,.2f} USDC'}: the keeper "
+            "approves exactly what each collateral liquidation repays",
         ),
         Check(
             "Vault free collateral (position takeovers)",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from eth_abi.abi import decode
 
-from keeper.check import chain_and_code, keeper_gas
+from keeper.check import chain_and_code, keeper_gas, sequence_simulation
 from keeper.codec import encode_call
 from keeper.errors import QuoteError, RpcError
 from keeper.protocol import Check
@@ -28,6 +28,7 @@ async def run_checks(
     checks.append(await _oracle_prices(rpc, d))
     checks.append(await _susd_quote(rpc, d, env))
     checks.append(await keeper_gas(rpc, keeper))
+    checks.append(await sequence_simulation(rpc, keeper or d.manager))
     if keeper is None:
         return checks
     (endorsed,) = decode(["bool"], await rpc.call(d.manager, encode_call("isEndorsed(address)", keeper)))
