@@ -91,7 +91,14 @@ SELECTION: dict[str, tuple[str, tuple[str, ...]]] = {
     # Perp's own IERC20Metadata artifact: USDC and the collateral tokens.
     "ERC20": (
         "IERC20Metadata",
-        ("balanceOf(address)", "allowance(address,address)", "approve(address,uint256)", "decimals()"),
+        (
+            "balanceOf(address)",
+            "allowance(address,address)",
+            "approve(address,uint256)",
+            "decimals()",
+            "Transfer(address,address,uint256)",
+            "Approval(address,address,uint256)",
+        ),
     ),
     # The standard Multicall3 interface, from our stand-in (its ABI is Multicall3's; the keeper uses the
     # canonical deployment).

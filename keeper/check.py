@@ -1,15 +1,16 @@
 """`perp-keeper check`: is everything an operator must provide in place? A pass/fail table.
 
-The engine checks what every protocol needs (the RPC answers the metadata's chain, code at every
-address the metadata names, the keeper's key and ETH for gas); each protocol adds its own checks
-(oracle prices, the funds its liquidations need) through its plugin.
+The engine checks what every protocol needs (the RPC answers the metadata's chain, each endpoint of
+`--rpc-url` is up, on that chain and not lagging, code at every address the metadata names, the
+keeper's key and ETH for gas); each protocol adds its own checks (oracle prices, the funds its
+liquidations need) through its plugin.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -17,23 +18,30 @@ from eth_abi.abi import decode
 
 from keeper import preflight
 from keeper.codec import encode_call
+from keeper.endpoints import MAX_LAG_BLOCKS, Sighting, verify_chain
 from keeper.errors import RpcError
 from keeper.protocol import Check, ProtocolPlugin
 from keeper.receipts import TxRequest
 from keeper.rpc import Rpc, redact
+from keeper.session import answering_chain_id, rpc_timeout
 
 MIN_ETH_WEI = 10**16  # 0.01 ETH: a few hundred liquidations on Optimism
 
 
 async def chain_and_code(rpc: Rpc, chain_id: int, named: Mapping[str, str]) -> list[Check]:
-    """The RPC answers the metadata's chain, and every address the metadata names holds code."""
-    actual = await rpc.chain_id()  # unreachable: RpcUnavailableError, a one-line exit 2 upstream
+    """The RPC answers the metadata's chain (a row per endpoint), and every address the metadata
+    names holds code (read only from endpoints on that chain)."""
+    actual = await answering_chain_id(rpc)  # unreachable: RpcUnavailableError, a one-line exit 2 upstream
+    sightings = await rpc.survey()
+    verify_chain(rpc.endpoints, sightings, chain_id)
+    rpc.expected_chain_id = chain_id
     checks = [
         Check(
             "RPC and chain id",
             actual == chain_id,
             f"{redact(rpc.url)} answers chain id {actual}; the metadata says {chain_id}",
-        )
+        ),
+        *endpoint_rows(sightings, chain_id, rpc.max_lag),
     ]
     codes = await rpc.batch([("eth_getCode", [address, "latest"]) for address in named.values()])
     missing = [
@@ -50,6 +58,24 @@ async def chain_and_code(rpc: Rpc, chain_id: int, named: Mapping[str, str]) -> l
         )
     )
     return checks
+
+
+def endpoint_rows(sightings: Sequence[Sighting], chain_id: int, max_lag: int = MAX_LAG_BLOCKS) -> list[Check]:
+    """One row per RPC endpoint: up, on the metadata's chain, and not lagging the best head."""
+    best = max((s.head for s in sightings if s.head is not None), default=None)
+    rows = []
+    for seen in sightings:
+        name = f"RPC endpoint {seen.name}"
+        if seen.error or seen.head is None or best is None:
+            rows.append(Check(name, False, f"down: {seen.error or 'no head'}"))
+        elif seen.chain_id != chain_id:
+            rows.append(Check(name, False, f"answers chain id {seen.chain_id}; the metadata says {chain_id}"))
+        elif best - seen.head > max_lag:
+            rows.append(Check(name, False, f"head {seen.head} is {best - seen.head} blocks behind the best"))
+        else:
+            latency = f", {seen.latency * 1000:.0f} ms" if seen.latency is not None else ""
+            rows.append(Check(name, True, f"chain id {chain_id}, head {seen.head}{latency}"))
+    return rows
 
 
 async def keeper_gas(rpc: Rpc, keeper: str | None) -> Check:
@@ -94,7 +120,7 @@ async def main(
     plugin: ProtocolPlugin, rpc_url: str, metadata_path: Path, keeper: str | None, out: TextIO | None = None
 ) -> int:
     deployment = plugin.load_metadata(metadata_path)
-    async with Rpc(rpc_url, attempts=2) as rpc:
+    async with Rpc(rpc_url, attempts=2, timeout=rpc_timeout()) as rpc:
         checks = await plugin.checks(rpc, deployment, keeper, os.environ)
     write_table(checks, out)
     return 0 if all(c.ok for c in checks) else 1

@@ -26,7 +26,12 @@ def port_number(text: str) -> int:
 
 
 def _connection_args(command: argparse.ArgumentParser, state_db: bool) -> None:
-    command.add_argument("--rpc-url", default=None, help="HTTP RPC endpoint (env KEEPER_RPC_URL)")
+    command.add_argument(
+        "--rpc-url",
+        default=None,
+        help="HTTP(S) JSON-RPC endpoint, or several comma-separated: reads fail over, sends go to all "
+        "(env KEEPER_RPC_URL)",
+    )
     command.add_argument(
         "--metadata", type=Path, default=None, help="Perp deployment metadata (env KEEPER_METADATA)"
     )
@@ -92,7 +97,12 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="JSONL audit trail of every decision (env KEEPER_AUDIT_LOG)",
     )
     run.add_argument("--from", dest="from_address", default=None, help="dry-run: simulate as this liquidator")
-    run.add_argument("--ws-url", default=None, help="WebSocket endpoint for new heads (env KEEPER_WS_URL)")
+    run.add_argument(
+        "--ws-url",
+        default=None,
+        help="WebSocket endpoint for new heads, or several comma-separated: the first that works "
+        "(env KEEPER_WS_URL)",
+    )
     run.add_argument(
         "--metrics-port",
         type=port_number,

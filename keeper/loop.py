@@ -1,7 +1,8 @@
 """The block-driven loop: one tick per new head, the latest head wins, ticks never overlap.
 
-Heads come from a WebSocket `newHeads` subscription when a WS URL is given (reconnecting when the
-node drops it) and from HTTP polling whenever no head arrived for `poll_after` seconds. A head that
+Heads come from a WebSocket `newHeads` subscription when a WS URL is given (a comma-separated list:
+the loop subscribes to the first that works and, when it drops, fails over to the next) and from HTTP
+polling whenever no head arrived for `poll_after` seconds. A head that
 goes backwards by more than `reset_depth` blocks is taken as a node reset, not ignored. Side jobs
 (account refresh, balance checks, the stale-head watchdog) run on APScheduler 3 with
 `max_instances=1, coalesce=True`; they never send transactions, so stopping them can never abandon
@@ -24,14 +25,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from web3 import AsyncWeb3, WebSocketProvider
 
+from keeper.endpoints import parse_urls
 from keeper.errors import error_kind
-from keeper.rpc import BlockHeader, BlockId, parse_header
+from keeper.rpc import BlockHeader, BlockId, parse_header, redact
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class HeadLoop:
         healthy_after: float = 60.0,
     ) -> None:
         self.rpc, self.tick_fn, self.ws_url = rpc, tick, ws_url
+        self.ws_urls = parse_urls(ws_url, "--ws-url / KEEPER_WS_URL", ("ws", "wss")) if ws_url else []
+        self._ws_index = 0  # the WebSocket endpoint subscribed to (or tried next)
+        self._ws_heads = 0  # heads the subscriptions delivered
         self.poll_after, self.reset_depth, self.stale_after = poll_after, reset_depth, stale_after
         self.on_error, self.on_restart = on_error, on_restart
         self.backoff, self.max_backoff, self.healthy_after = backoff, max_backoff, healthy_after
@@ -106,24 +111,46 @@ class HeadLoop:
                 await asyncio.wait_for(self.stop.wait(), self.poll_after)
 
     async def _subscribe(self) -> None:
-        assert self.ws_url is not None
+        """Subscribe to the first WebSocket endpoint that works; when it fails, the next one. After a
+        round in which every endpoint failed, a pause (1 s doubling to 30 s, reset once heads flow)."""
+        failures = 0
         while not self.stop.is_set():
+            url, seen = self.ws_urls[self._ws_index], self._ws_heads
             try:
-                async with AsyncWeb3(WebSocketProvider(self.ws_url)) as w3:
-                    await w3.eth.subscribe("newHeads")
-                    async for message in w3.socket.process_subscriptions():
-                        raw = message.get("result") if isinstance(message, dict) else None
-                        if isinstance(raw, dict) and "number" in raw:
-                            try:
-                                self.offer(parse_header({k: _hex(v) for k, v in raw.items()}))
-                            except Exception as exc:  # one malformed head: keep the connection
-                                self._survived("reading a newHeads message", exc)
-                        if self.stop.is_set():
-                            return
+                await self._follow(url)
+                return
             except Exception as exc:  # the node went away: polling covers while we reconnect
-                log.warning("newHeads subscription lost (%s); reconnecting", type(exc).__name__)
+                failures = 1 if self._ws_heads > seen else failures + 1
+                self._ws_index = (self._ws_index + 1) % len(self.ws_urls)
+                log.warning(
+                    "newHeads subscription to %s lost (%s); next: %s",
+                    redact(url),
+                    type(exc).__name__,
+                    redact(self.ws_urls[self._ws_index]),
+                )
+            if failures % len(self.ws_urls) == 0:
+                pause = min(30.0, 2.0 ** (failures // len(self.ws_urls) - 1))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), 1.0)
+                    await asyncio.wait_for(self.stop.wait(), pause)
+
+    async def _follow(self, url: str) -> None:
+        """Offer every head of one WebSocket subscription until `stop` (returns) or it fails (raises)."""
+        # one connection attempt: the next endpoint is tried at once, the pause is ours
+        async with AsyncWeb3(WebSocketProvider(url, max_connection_retries=1)) as w3:
+            await w3.eth.subscribe("newHeads")
+            async for message in w3.socket.process_subscriptions():
+                # web3 hands the head over as an AttributeDict: a Mapping, not a dict
+                raw = message.get("result") if isinstance(message, Mapping) else None
+                if isinstance(raw, Mapping) and "number" in raw:
+                    self._ws_heads += 1
+                    try:
+                        self.offer(parse_header({k: _hex(v) for k, v in raw.items()}))
+                    except Exception as exc:  # one malformed head: keep the connection
+                        self._survived("reading a newHeads message", exc)
+                if self.stop.is_set():
+                    return
+        if not self.stop.is_set():
+            raise ConnectionError("the newHeads subscription ended")
 
     # --- failures ---------------------------------------------------------------------------------------
     def _survived(self, what: str, exc: Exception) -> None:

@@ -3,6 +3,9 @@
 `/health` is 503 when the last tick is older than 3 block intervals or the newest head is stale (its
 timestamp too far behind the wall clock): either the RPC stopped moving or the keeper stopped
 ticking, and a supervisor should restart or page.
+
+Each RPC endpoint has its own series (`watch_rpc`), labelled with its redacted name and read from the
+client's endpoint records at every scrape: requests, errors by kind, latency, head, lag and healthy.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +27,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from keeper.endpoints import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ class Metrics:
         self.task_restarts = Counter(
             "perp_keeper_task_restarts", "Background tasks restarted after dying", ["task"], registry=r
         )
+
+    def watch_rpc(self, rpc: Endpoints) -> None:
+        """Expose every endpoint of this RPC client (call once per client)."""
+        self.registry.register(EndpointCollector(rpc))
 
     def ticked(self, head_timestamp: int) -> None:
         self.last_tick_at = time.time()
@@ -104,6 +116,44 @@ class Metrics:
                 writer.close()
 
         return await asyncio.start_server(handle, host, port)
+
+
+class Endpoints(Protocol):
+    """What the endpoint series are read from (`keeper.rpc.Rpc` is one)."""
+
+    @property
+    def endpoints(self) -> Sequence[Endpoint]: ...
+
+    def is_healthy(self, ep: Endpoint) -> bool: ...
+
+
+class EndpointCollector(Collector):
+    def __init__(self, rpc: Endpoints) -> None:
+        self.rpc = rpc
+
+    def collect(self) -> Iterator[Metric]:
+        prefix, by = "perp_keeper_rpc_endpoint", ["endpoint"]
+        requests = CounterMetricFamily(f"{prefix}_requests", "HTTP requests per RPC endpoint", labels=by)
+        errors = CounterMetricFamily(
+            f"{prefix}_errors", "RPC failures per endpoint, by kind", labels=["endpoint", "kind"]
+        )
+        latency = GaugeMetricFamily(
+            f"{prefix}_latency_seconds", "Moving average of the endpoint's answer time", labels=by
+        )
+        head = GaugeMetricFamily(f"{prefix}_head", "Newest block number the endpoint reported", labels=by)
+        lag = GaugeMetricFamily(f"{prefix}_lag_blocks", "Blocks behind the best endpoint's head", labels=by)
+        healthy = GaugeMetricFamily(f"{prefix}_healthy", "1 when reads may go to the endpoint", labels=by)
+        for ep in self.rpc.endpoints:
+            requests.add_metric([ep.name], ep.requests)
+            for kind, count in sorted(ep.errors.items()):
+                errors.add_metric([ep.name, kind], count)
+            if ep.latency is not None:
+                latency.add_metric([ep.name], ep.latency)
+            if ep.head is not None:
+                head.add_metric([ep.name], ep.head)
+            lag.add_metric([ep.name], ep.lag)
+            healthy.add_metric([ep.name], 1.0 if self.rpc.is_healthy(ep) else 0.0)
+        yield from (requests, errors, latency, head, lag, healthy)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,94 +1,125 @@
-"""The one RPC client: AsyncWeb3's HTTP transport, JSON-RPC batches, tenacity retries, request counts.
+"""The one RPC client: one object over one or several endpoints, AsyncWeb3's HTTP transport, JSON-RPC
+batches, tenacity retries with failover, request counts.
 
 Hot paths (`eth_call` of a multicall, `eth_getLogs`, block headers) go straight to the provider:
 web3's middleware would add two `eth_chainId` round trips to every call. The provider's own retries
-are off so that tenacity's are the only ones; they back off on transport failures, HTTP 429/5xx,
-malformed answers (`RpcMalformedError`: not JSON, cut short, a batch answer missing an element) and
-the JSON-RPC codes providers use for rate limits, never on a genuine error answer.
+are off so that tenacity's are the only ones, on the failures `keeper.jsonrpc.is_transient` names
+(transport, timeouts, HTTP 429/5xx, malformed answers, transient JSON-RPC errors), never on a genuine
+error answer such as a revert.
 
-The client encodes requests with the provider's own ids and decodes answers itself rather than through
-`make_request` / `make_batch_request`: in web3 8 those raise `json.JSONDecodeError` (a `ValueError`)
-for a body that is not JSON or is cut short and `UnicodeDecodeError` for one that is not UTF-8, and
-`make_batch_request` sorts a batch answer by `id` (`sort_batch_response_by_response_ids`), which
-raises `AttributeError`/`TypeError` for elements that are not objects or ids of mixed types, only warns
-when an id is missing and never notices a missing, duplicate or unknown element. Here a batch answer
-is matched to its requests by `id`, in whatever order the server wrote it (JSON-RPC allows any).
+The client encodes requests with the provider's own ids and decodes answers itself
+(`keeper/jsonrpc.py` says why).
+
+Several endpoints (`--rpc-url a,b,c`): each attempt goes to the endpoint `keeper.endpoints.rank`
+puts first; a transient failure puts it in a window (`Retry-After`, capped, honoured by new requests
+too, or a back-off) and the next attempt goes to the next one, or waits for the first window to end.
+`eth_sendRawTransaction` goes to every endpoint at once, the first acceptance is the answer; when none
+accepts, an "already known" / "nonce too low" is raised first, so the transaction manager looks the
+transaction up by hash instead of signing again. Every `probe_seconds` a background survey asks every
+endpoint for its head (and its chain id until verified): lagging ones are avoided, recovered ones used.
+
+After the retries: the last JSON-RPC error as it is; `RpcBusyError` when endpoints answered, but only
+with HTTP 429/5xx or garbage (busy, not an operator mistake); `RpcUnavailableError` when none could
+be reached at all.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import logging
+import random
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import aiohttp
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from web3 import AsyncHTTPProvider
 from web3.types import RPCEndpoint
 
-from keeper.errors import RpcError, RpcMalformedError, RpcUnavailableError
+from keeper import endpoints as health
+from keeper.endpoints import MAX_LAG_BLOCKS, Endpoint, Sighting, redact
+from keeper.errors import RpcError, RpcUnavailableError
+from keeper.jsonrpc import (
+    TRANSPORT_ERRORS,
+    BlockHeader,
+    BlockId,
+    RpcBusyError,
+    batch_results,
+    block_param,
+    call_params,
+    call_result,
+    decode,
+    describe,
+    failure_kind,
+    is_transient,
+    most_telling,
+    parse_header,
+    quantity,
+    single_result,
+)
 
-RATE_LIMIT_CODES = frozenset({-32005, -32029, 429})  # "limit exceeded" / "too many requests"
-BlockId = int | str
-TRANSPORT_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
-
-
-@dataclass(frozen=True)
-class BlockHeader:
-    number: int
-    hash: str
-    parent_hash: str
-    timestamp: int
-    gas_limit: int = 0  # 0: not reported
-
-
-def redact(url: str) -> str:
-    """scheme://host[:port] only: hosted RPC URLs carry API keys in the path or query."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
-
-
-def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, RpcMalformedError):
-        return True
-    if isinstance(exc, RpcError):
-        return exc.code in RATE_LIMIT_CODES
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.status == 429 or exc.status >= 500
-    return isinstance(exc, TRANSPORT_ERRORS)
+__all__ = ["BlockHeader", "BlockId", "Rpc", "RpcBusyError", "is_transient", "parse_header", "redact"]
+log = logging.getLogger(__name__)
+SEND = "eth_sendRawTransaction"
+Send = Callable[[int], Awaitable[Any]]  # one attempt on the endpoint of that index
+T = TypeVar("T")
 
 
 class Rpc:
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         timeout: float = 30.0,
         attempts: int = 5,
         backoff_seconds: float = 0.25,
         max_batch: int = 100,
+        max_lag: int = MAX_LAG_BLOCKS,
+        probe_seconds: float = 2.0,
+        max_retry_after: float = 30.0,
     ) -> None:
-        self.url = url
-        self.attempts = attempts
-        self.backoff_seconds = backoff_seconds
-        self.max_batch = max_batch
-        self.provider = AsyncHTTPProvider(
-            url,
-            request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
-            exception_retry_configuration=None,
-        )
-        self.w3 = AsyncWeb3(self.provider)
+        urls = health.split_urls(url) if isinstance(url, str) else [u.strip() for u in url]
+        if not urls or not all(urls):
+            raise ValueError("Rpc needs at least one URL and no empty one")
+        self.endpoints = [Endpoint(u, n) for u, n in zip(urls, health.endpoint_names(urls), strict=True)]
+        self.providers = [
+            AsyncHTTPProvider(
+                u,
+                request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
+                exception_retry_configuration=None,
+            )
+            for u in urls
+        ]
+        self.timeout, self.attempts, self.backoff_seconds = timeout, attempts, backoff_seconds
+        self.max_batch, self.max_lag, self.max_retry_after = max_batch, max_lag, max_retry_after
+        self.probe_seconds = probe_seconds
+        self.expected_chain_id: int | None = None  # set once checked: reads then go only to verified ones
         self.http_requests = 0
         self.calls: Counter[str] = Counter()
         # by kind: transport, rate-limit, http-5xx, malformed, answer
         self.errors: Counter[str] = Counter()
         self.on_error: Callable[[str], None] | None = None
+        self._current: int | None = None  # the endpoint reads went to last: kept unless clearly beaten
+        self._last_probe = time.monotonic()  # the first survey is the caller's (start-up, check)
+        self._probe: asyncio.Task[list[Sighting]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        """Every endpoint's URL, comma-separated: show it only through `redact`."""
+        return ",".join(ep.url for ep in self.endpoints)
+
+    def is_healthy(self, ep: Endpoint) -> bool:
+        return health.healthy(ep, time.monotonic(), self.expected_chain_id, self.max_lag)
 
     async def close(self) -> None:
-        await self.provider.disconnect()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for provider in self.providers:
+            await provider.disconnect()
 
     async def __aenter__(self) -> Rpc:
         return self
@@ -96,18 +127,19 @@ class Rpc:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    # --- transport ----------------------------------------------------------------------------
+    # --- requests -----------------------------------------------------------------------------------
     async def request(self, method: str, params: Sequence[Any] = (), *, retry: bool = True) -> Any:
-        async def once() -> Any:
-            self.http_requests += 1
-            self.calls[method] += 1
-            request = self.provider.form_request(RPCEndpoint(method), list(params))
-            answer = await self._post(method, self.provider.encode_rpc_dict(request))
-            if not isinstance(answer, dict):
-                raise RpcMalformedError(method, f"answer is a JSON {_json_type(answer)}, not an object")
-            return _result(method, answer)
+        args = list(params)
+        attempts = self.attempts if retry else 1
+        if method == SEND and len(self.endpoints) > 1:
+            return await self._retrying(lambda: self._broadcast(args), method, attempts)
 
-        return await self._retrying(once, method, self.attempts if retry else 1)
+        async def once(i: int) -> Any:
+            self.calls[method] += 1
+            return await self._single(i, method, args)
+
+        needed = health.pinned_block(method, args)
+        return await self._retrying(lambda: self._on_best(needed, once), method, attempts)
 
     async def batch(self, requests: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
         """Several requests in as few HTTP round trips as `max_batch` allows.
@@ -117,61 +149,115 @@ class Rpc:
         """
         answers: list[Any] = []
         for start in range(0, len(requests), self.max_batch):
-            chunk = requests[start : start + self.max_batch]
-            answers += await self._retrying(
-                lambda chunk=chunk: self._batch_once(chunk), "batch", self.attempts
-            )
+            chunk = [(m, list(p)) for m, p in requests[start : start + self.max_batch]]
+            needed = max((b for m, p in chunk if (b := health.pinned_block(m, p)) is not None), default=None)
+            answers += await self._chunk(chunk, needed)
         return answers
 
-    async def _batch_once(self, chunk: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        self.http_requests += 1
+    async def _chunk(self, chunk: list[tuple[str, list[Any]]], needed: int | None) -> list[Any]:
+        answers: list[Any] = await self._retrying(
+            lambda: self._on_best(needed, lambda i: self._batch_once(i, chunk)), "batch", self.attempts
+        )
+        return answers
+
+    async def _single(self, i: int, method: str, params: list[Any]) -> Any:
+        provider = self.providers[i]
+        request = provider.form_request(RPCEndpoint(method), params)
+        result = single_result(method, await self._post(i, method, provider.encode_rpc_dict(request)))
+        if (head := health.head_of(method, params, result)) is not None:
+            health.saw_head(self.endpoints[i], head)
+        return result
+
+    async def _batch_once(self, i: int, chunk: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        provider = self.providers[i]
         for method, _ in chunk:
             self.calls[method] += 1
         # ids come from the provider's counter, so they are unique within this client
-        requests = [self.provider.form_request(RPCEndpoint(m), list(p)) for m, p in chunk]
-        answer = await self._post("batch", self.provider.encode_batch_request_dicts(requests))
-        if isinstance(answer, dict):  # the node refused the whole batch
-            if answer.get("error") is None:
-                raise RpcMalformedError("batch", "batch answer is an object without an error")
-            _result("batch", answer)
-        if not isinstance(answer, list):
-            raise RpcMalformedError("batch", f"batch answer is a JSON {_json_type(answer)}, not an array")
-        by_id = _by_id(answer)
-        ids = [r["id"] for r in requests]
-        if unknown := by_id.keys() - set(ids):
-            raise RpcMalformedError("batch", f"batch answer has {len(unknown)} unknown id(s)")
-        if missing := [i for i in ids if i not in by_id]:
-            raise RpcMalformedError("batch", f"batch answer lacks {len(missing)} of {len(ids)} elements")
-        answers: list[Any] = []
-        for (method, _), request_id in zip(chunk, ids, strict=True):
+        requests = [provider.form_request(RPCEndpoint(m), p) for m, p in chunk]
+        answer = await self._post(i, "batch", provider.encode_batch_request_dicts(requests))
+        results = batch_results([m for m, _ in chunk], [r["id"] for r in requests], answer)
+        for (method, params), result in zip(chunk, results, strict=True):
+            if (
+                not isinstance(result, RpcError)
+                and (head := health.head_of(method, params, result)) is not None
+            ):
+                health.saw_head(self.endpoints[i], head)
+        return results
+
+    async def _post(self, i: int, method: str, body: bytes) -> Any:
+        """POST one JSON-RPC body to endpoint `i` through its provider's session; the decoded answer."""
+        return decode(method, await self.providers[i]._make_request(RPCEndpoint(method), body))
+
+    # --- where each attempt goes --------------------------------------------------------------------
+    async def _on_best(self, needed: int | None, send: Send) -> Any:
+        """One attempt on the endpoint ranked first (after any `Retry-After` every endpoint asked for)."""
+        self._maybe_probe()
+        if wait := health.rate_limit_wait(self.endpoints, time.monotonic(), self.expected_chain_id):
+            await asyncio.sleep(min(wait, self.max_retry_after))
+        order = health.rank(
+            self.endpoints,
+            time.monotonic(),
+            needed=needed,
+            expected=self.expected_chain_id,
+            current=self._current,
+            max_lag=self.max_lag,
+        )
+        result = await self._attempt(order[0], send)
+        self._current = order[0]
+        return result
+
+    async def _broadcast(self, params: list[Any]) -> Any:
+        """The raw transaction to every endpoint at once; the first acceptance is the answer (the
+        others finish in the background, their failures recorded)."""
+        now = time.monotonic()
+        targets = [
+            i
+            for i, ep in enumerate(self.endpoints)
+            if ep.wrong_chain is None and ep.rate_limited_until <= now
+        ] or list(range(len(self.endpoints)))
+        self.calls[SEND] += 1
+        sends = [self._spawn(self._attempt(i, lambda i: self._single(i, SEND, params))) for i in targets]
+        failures: list[Exception] = []
+        for next_done in asyncio.as_completed(sends):
             try:
-                answers.append(_result(method, by_id[request_id]))
-            except RpcError as exc:
-                if _transient(exc):
-                    raise
-                answers.append(exc)
-        return answers
+                return await next_done
+            except Exception as exc:
+                failures.append(exc)
+        raise most_telling(failures)
 
-    async def _post(self, method: str, body: bytes) -> Any:
-        """POST one JSON-RPC body through the provider's session; the decoded JSON answer."""
-        raw = await self.provider._make_request(RPCEndpoint(method), body)
+    async def _attempt(self, i: int, send: Send) -> Any:
+        """One HTTP request to endpoint `i`, its outcome recorded in the endpoint's health."""
+        ep = self.endpoints[i]
+        ep.requests += 1
+        self.http_requests += 1
+        started = time.monotonic()
         try:
-            return json.loads(raw)
-        except UnicodeDecodeError:
-            raise RpcMalformedError(method, "answer is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            cut = exc.pos >= len(exc.doc.rstrip())
-            raise RpcMalformedError(
-                method, f"answer is not JSON{' (cut short)' if cut else ''}: {exc.msg}"
-            ) from None
+            result = await send(i)
+        except Exception as exc:
+            self._record_failure(ep, exc, time.monotonic() - started)
+            raise
+        health.answered(ep, time.monotonic() - started)
+        return result
 
-    async def _retrying(self, attempt: Any, method: str, attempts: int) -> Any:
+    def _record_failure(self, ep: Endpoint, exc: Exception, latency: float) -> None:
+        kind = failure_kind(exc)
+        self.errors[kind] += 1
+        ep.errors[kind] += 1
+        if self.on_error is not None:
+            self.on_error(kind)
+        if not is_transient(exc):
+            health.answered(ep, latency)  # a genuine error answer: the endpoint works
+            return
+        headers = exc.headers if isinstance(exc, aiohttp.ClientResponseError) else None
+        pause = health.retry_after_seconds(headers.get("Retry-After") if headers else None, time.time())
+        health.failed(ep, kind, time.monotonic(), self.backoff_seconds, pause, self.max_retry_after)
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[Any]], method: str, attempts: int) -> Any:
+        seen: list[BaseException] = []
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_transient),
-            stop=stop_after_attempt(attempts),
-            # tenacity's default jitter (up to 1 s) would swamp these short waits: add a small one
-            wait=wait_exponential(multiplier=self.backoff_seconds, max=8)
-            + wait_random(0, self.backoff_seconds / 2),
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(attempts + len(self.endpoints) - 1),
+            wait=self._wait,
             reraise=True,
         )
         try:
@@ -180,28 +266,93 @@ class Rpc:
                     try:
                         return await attempt()
                     except Exception as exc:
-                        self._count_error(exc)
+                        seen.append(exc)
                         raise
         except RpcError:
             raise
-        except TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:  # an endpoint that answered, even with HTTP 429, is only busy
+            busy = next(
+                (e for e in reversed(seen) if isinstance(e, aiohttp.ClientResponseError | RpcError)), None
+            )
+            if busy is not None:
+                raise RpcBusyError(method, f"RPC {redact(self.url)} busy: {describe(busy)}") from None
             raise RpcUnavailableError(
-                f"{method}: RPC {redact(self.url)} unreachable: {_describe(exc)}"
+                f"{method}: RPC {redact(self.url)} unreachable: {describe(exc)}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _count_error(self, exc: BaseException) -> None:
-        if isinstance(exc, RpcMalformedError):
-            kind = "malformed"
-        elif isinstance(exc, RpcError):
-            kind = "rate-limit" if exc.code in RATE_LIMIT_CODES else "answer"
-        elif isinstance(exc, aiohttp.ClientResponseError):
-            kind = "rate-limit" if exc.status == 429 else f"http-{exc.status // 100}xx"
-        else:
-            kind = "transport"
-        self.errors[kind] += 1
-        if self.on_error is not None:
-            self.on_error(kind)
+    def _wait(self, _state: RetryCallState) -> float:
+        """Before a retry: none while another endpoint is available, else until the first window ends
+        (tenacity's default jitter, up to 1 s, would swamp short waits: a small one is added)."""
+        delay = min(
+            health.wait_seconds(self.endpoints, time.monotonic(), self.expected_chain_id),
+            self.max_retry_after,
+        )
+        return delay + random.uniform(0, self.backoff_seconds / 2) if delay > 0 else 0.0
+
+    # --- surveys ------------------------------------------------------------------------------------
+    def _maybe_probe(self) -> None:
+        now = time.monotonic()
+        if len(self.endpoints) < 2 or now - self._last_probe < self.probe_seconds:
+            return
+        if self._probe is None or self._probe.done():
+            self._last_probe = now
+            self._probe = self._spawn(self.probe())
+
+    async def probe(self) -> list[Sighting]:
+        """Every endpoint out of its window asked for its head at once (and its chain id while not
+        verified): lags are set from the answers, recovered endpoints used again."""
+        now = time.monotonic()
+        asked = [ep.wrong_chain is None and ep.avoid_until <= now for ep in self.endpoints]
+        return await self._survey(asked, always_chain=False)
+
+    async def survey(self) -> list[Sighting]:
+        """Every endpoint asked for its chain id and head at once (what `check` shows)."""
+        return await self._survey([True] * len(self.endpoints), always_chain=True)
+
+    async def _survey(self, asked: list[bool], always_chain: bool) -> list[Sighting]:
+        expected = self.expected_chain_id
+        sightings = await asyncio.gather(
+            *(
+                self._sight(i, ask, always_chain or (expected is not None and ep.chain_id is None))
+                for i, (ep, ask) in enumerate(zip(self.endpoints, asked, strict=True))
+            )
+        )
+        health.surveyed(self.endpoints, [s.head for s in sightings])
+        if expected is not None:
+            for ep in health.verify_chain(self.endpoints, sightings, expected):
+                log.error("RPC %s answers chain id %s: never used", ep.name, ep.wrong_chain)
+        return list(sightings)
+
+    async def _sight(self, i: int, ask: bool, with_chain: bool) -> Sighting:
+        ep = self.endpoints[i]
+        if not ask:
+            return Sighting(ep.name, error="not asked: in a back-off window")
+        asks: list[tuple[str, list[Any]]] = [("eth_chainId", [])] if with_chain else []
+        asks.append(("eth_blockNumber", []))
+        probe_timeout = min(self.timeout, 5.0)
+        started = time.monotonic()
+        try:
+            answers = await self._attempt(
+                i, lambda i: asyncio.wait_for(self._batch_once(i, asks), probe_timeout)
+            )
+            chain_id = quantity("eth_chainId", answers[0]) if with_chain else None
+            head = quantity("eth_blockNumber", answers[-1])
+        except Exception as exc:
+            return Sighting(ep.name, error=describe(exc))
+        return Sighting(ep.name, chain_id, head, time.monotonic() - started)
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """A background task closed with the client; its failure is already recorded where it happened."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: asyncio would otherwise warn about it
 
     # --- the reads a keeper needs ---------------------------------------------------------------
     async def chain_id(self) -> int:
@@ -211,13 +362,13 @@ class Rpc:
         return int(await self.request("eth_blockNumber"), 16)
 
     async def header(self, block: BlockId = "latest") -> BlockHeader:
-        raw = await self.request("eth_getBlockByNumber", [_block_param(block), False])
+        raw = await self.request("eth_getBlockByNumber", [block_param(block), False])
         if raw is None:
             raise RpcError("eth_getBlockByNumber", -32000, f"no block {block}")
         return parse_header(raw)
 
     async def headers(self, blocks: Sequence[BlockId]) -> list[BlockHeader | None]:
-        answers = await self.batch([("eth_getBlockByNumber", [_block_param(b), False]) for b in blocks])
+        answers = await self.batch([("eth_getBlockByNumber", [block_param(b), False]) for b in blocks])
         out: list[BlockHeader | None] = []
         for answer in answers:
             if isinstance(answer, RpcError):
@@ -226,97 +377,11 @@ class Rpc:
         return out
 
     async def call(self, to: str, data: bytes, block: BlockId = "latest", gas: int | None = None) -> bytes:
-        return _call_result(await self.request("eth_call", _call_params(to, data, block, gas)))
+        return call_result(await self.request("eth_call", call_params(to, data, block, gas)))
 
     async def calls_at(
         self, requests: Sequence[tuple[str, bytes]], block: BlockId, gas: int | None = None
     ) -> list[bytes | RpcError]:
         """Several `eth_call`s at one block, in JSON-RPC batches."""
-        answers = await self.batch(
-            [("eth_call", _call_params(to, data, block, gas)) for to, data in requests]
-        )
-        return [a if isinstance(a, RpcError) else _call_result(a) for a in answers]
-
-
-def parse_header(raw: dict[str, Any]) -> BlockHeader:
-    try:
-        return BlockHeader(
-            number=int(raw["number"], 16),
-            hash=str(raw["hash"]),
-            parent_hash=str(raw["parentHash"]),
-            timestamp=int(raw["timestamp"], 16),
-            gas_limit=int(raw.get("gasLimit") or "0x0", 16),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise RpcMalformedError(
-            "eth_getBlockByNumber", "block header lacks a field or has a bad one"
-        ) from None
-
-
-def _block_param(block: BlockId) -> str:
-    return hex(block) if isinstance(block, int) else block
-
-
-def _call_params(to: str, data: bytes, block: BlockId, gas: int | None) -> list[Any]:
-    tx: dict[str, str] = {"to": to, "data": "0x" + data.hex()}
-    if gas is not None:
-        tx["gas"] = hex(gas)
-    return [tx, _block_param(block)]
-
-
-def _call_result(result: Any) -> bytes:
-    if not isinstance(result, str):
-        raise RpcMalformedError("eth_call", f"result is a JSON {_json_type(result)}, not a hex string")
-    try:
-        return bytes.fromhex(result.removeprefix("0x"))
-    except ValueError:
-        raise RpcMalformedError("eth_call", "result is not hex") from None
-
-
-def _result(method: str, response: dict[str, Any]) -> Any:
-    # malformed-answer messages never say "range", "limit", "more than" etc. nor quote ids: the indexer
-    # reads those words (and "10000") in an `eth_getLogs` error as "ask for fewer blocks" (TOO_MUCH)
-    error = response.get("error")
-    if error is not None:
-        if not isinstance(error, dict):
-            raise RpcMalformedError(method, f"error member is a JSON {_json_type(error)}, not an object")
-        code, message = error.get("code"), error.get("message")
-        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(message, str):
-            raise RpcMalformedError(method, "error member lacks an integer code or a string message")
-        raise RpcError(method, code, message, error.get("data"))
-    if "result" not in response:
-        raise RpcMalformedError(method, "answer has neither a result nor an error")
-    return response["result"]
-
-
-def _by_id(answer: list[Any]) -> dict[int | str | None, dict[str, Any]]:
-    by_id: dict[int | str | None, dict[str, Any]] = {}
-    for item in answer:
-        if not isinstance(item, dict):
-            raise RpcMalformedError("batch", f"batch element is a JSON {_json_type(item)}, not an object")
-        key = item.get("id")
-        if isinstance(key, bool) or not isinstance(key, int | str | None):
-            raise RpcMalformedError("batch", f"batch element has an id that is a JSON {_json_type(key)}")
-        if key in by_id:
-            raise RpcMalformedError("batch", "batch answer has one id twice")
-        by_id[key] = item
-    return by_id
-
-
-def _json_type(value: Any) -> str:
-    names: tuple[tuple[type | tuple[type, ...], str], ...] = (
-        (dict, "object"),
-        (list, "array"),
-        (str, "string"),
-        (bool, "boolean"),
-        ((int, float), "number"),
-    )
-    return next((name for cls, name in names if isinstance(value, cls)), "null")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"HTTP {exc.status}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return type(exc).__name__ + (f" ({exc.strerror})" if isinstance(exc, OSError) and exc.strerror else "")
+        answers = await self.batch([("eth_call", call_params(to, data, block, gas)) for to, data in requests])
+        return [a if isinstance(a, RpcError) else call_result(a) for a in answers]

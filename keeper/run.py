@@ -65,6 +65,7 @@ async def main(args: Any) -> int:
             block_interval=settings.block_interval, stale_head_seconds=settings.stale_head_seconds
         )
         session.rpc.on_error = lambda kind: metrics.rpc_errors.labels(kind).inc()
+        metrics.watch_rpc(session.rpc)
         engine = Engine(
             wiring.strategies,
             session.rpc,

@@ -1,22 +1,34 @@
 """Connecting to a deployment: settings, the RPC checked against the metadata, the state database bound
-to that chain, the account index and the view reader. Every protocol opens its session here."""
+to that chain, the account index and the view reader. Every protocol opens its session here.
+
+`--rpc-url` may list several endpoints (comma-separated). At start-up a provider that rate-limits or
+answers 5xx is waited out (`STARTUP_PATIENCE_SECONDS`, honouring `Retry-After`): only a list none of
+whose endpoints can be reached is an operator mistake (exit 2). Every endpoint that answers must serve
+the metadata's chain; one that does not answer yet is used once a survey finds it on that chain.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from keeper import multicall
-from keeper.errors import SettingError
+from keeper import config, multicall
+from keeper.endpoints import parse_urls, verify_chain
+from keeper.errors import RpcError, SettingError
 from keeper.indexer import Indexer, Progress
 from keeper.protocol import ProtocolPlugin, Session
-from keeper.rpc import Rpc, redact
+from keeper.rpc import Rpc, RpcBusyError, is_transient, redact
 from keeper.store import Store
 
+log = logging.getLogger(__name__)
 DEFAULT_STATE_DB = Path("state/keeper.sqlite")
+STARTUP_PATIENCE_SECONDS = 60.0
+DEFAULT_RPC_TIMEOUT_SECONDS = 30
 
 
 def connection_settings(args: Any) -> tuple[str, Path, Path]:
@@ -30,12 +42,15 @@ def connection_settings(args: Any) -> tuple[str, Path, Path]:
 
 
 def check_rpc_url(url: str | None, setting: str = "--rpc-url / KEEPER_RPC_URL") -> str:
-    if not url:
-        raise SettingError(f"{setting} is required")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingError(f"{setting}: expected an http(s):// URL, got {parts.scheme or 'no'} scheme")
-    return url
+    """One http(s) URL or a comma-separated list of them, blanks around the commas dropped."""
+    return ",".join(parse_urls(url, setting))
+
+
+def rpc_timeout(env: Mapping[str, str] | None = None) -> float:
+    """KEEPER_RPC_TIMEOUT_SECONDS: how long one request may take before it fails over (default 30)."""
+    env = os.environ if env is None else env
+    seconds = config.integer(env, "KEEPER_RPC_TIMEOUT_SECONDS", DEFAULT_RPC_TIMEOUT_SECONDS, low=1, high=600)
+    return float(seconds or DEFAULT_RPC_TIMEOUT_SECONDS)
 
 
 async def open_session(
@@ -68,13 +83,9 @@ async def connect(
 ) -> tuple[Rpc, Store]:
     """The RPC, checked against the metadata (chain id, code at its anchor contract), and the state
     database bound to that chain and deployment."""
-    rpc = Rpc(check_rpc_url(rpc_url))
+    rpc = Rpc(check_rpc_url(rpc_url), timeout=rpc_timeout())
     try:
-        actual = await rpc.chain_id()
-        if actual != chain_id:
-            raise SettingError(
-                f"--rpc-url: chain id {actual} does not match the metadata's {chain_id} ({metadata_path})"
-            )
+        await check_chain(rpc, chain_id, metadata_path)
         code = await rpc.request("eth_getCode", [anchor, "latest"])
         if code in (None, "0x", ""):
             raise SettingError(f"--metadata: no contract at {anchor_name} {anchor} on {redact(rpc_url)}")
@@ -84,6 +95,49 @@ async def connect(
         await rpc.close()
         raise
     return rpc, store
+
+
+async def answering_chain_id(rpc: Rpc, patience: float = STARTUP_PATIENCE_SECONDS) -> int:
+    """The chain id, once some endpoint answers. A busy provider (HTTP 429/5xx, rate-limit codes,
+    transient errors) is waited out for up to `patience` seconds, then `RpcBusyError` (exit 1); an
+    endpoint list none of which can be reached raises `RpcUnavailableError` (exit 2) after the retries."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await rpc.chain_id()
+        except RpcError as exc:
+            busy = isinstance(exc, RpcBusyError) or is_transient(exc)
+            remaining = deadline - time.monotonic()
+            if not busy or remaining <= 0:
+                raise
+            log.warning("start-up: %s; waiting up to %.0f s more", exc.message, remaining)
+
+
+async def check_chain(rpc: Rpc, chain_id: int, metadata_path: Path) -> None:
+    """Every endpoint that answers serves the metadata's chain; from now on reads go only to endpoints
+    found on it (one that did not answer is used once a survey finds it there)."""
+    actual = await answering_chain_id(rpc)
+    several = len(rpc.endpoints) > 1
+    sightings = await rpc.survey() if several else []
+    for seen in sightings:
+        if seen.chain_id is not None and seen.chain_id != chain_id:
+            actual = seen.chain_id
+            where = f" at {seen.name}"
+            break
+    else:
+        where = ""
+    if actual != chain_id:
+        raise SettingError(
+            f"--rpc-url: chain id {actual}{where} does not match the metadata's {chain_id} ({metadata_path})"
+        )
+    rpc.expected_chain_id = chain_id
+    if several:
+        verify_chain(rpc.endpoints, sightings, chain_id)
+    else:
+        rpc.endpoints[0].chain_id = chain_id
+    for seen in sightings:
+        if seen.error:
+            log.warning("RPC %s does not answer (%s); it is used once it does", seen.name, seen.error)
 
 
 def progress_bar(p: Progress) -> None:

@@ -6,6 +6,7 @@ from eth_utils.abi import function_signature_to_4byte_selector
 import abi
 from devnet import artifacts, signatures
 from devnet.abi_gen import SELECTION
+from devnet.published import PUBLISHED
 
 
 def test_every_abi_file_is_generated_from_a_known_artifact() -> None:
@@ -33,7 +34,9 @@ def test_abi_documents_exactly_what_the_keeper_uses() -> None:
     resolved, _ = signatures.resolve(found)  # hard-coded selectors named by their signature
     used: dict[str, list[str]] = {}
     for f in resolved:
-        if f.signature not in signatures.BUILTIN:
+        # the aggregators' routers have no artifact here: their selectors are checked against the
+        # published ones instead (devnet/published.py, tests/test_signatures.py)
+        if f.signature not in signatures.BUILTIN and f.signature not in PUBLISHED:
             used.setdefault(f.signature, []).append(f.where)
     documented = {signatures.canonical(e) for name in abi.names() for e in abi.load(name)}
     known = signatures.defined()

@@ -105,7 +105,9 @@ def audit_records(tmp_path: Path) -> list[dict[str, Any]]:
 # --- reconciliation: one case per outcome ---------------------------------------------------------
 async def test_a_mined_transaction_is_recorded_with_its_receipt(journal: Journal, rpc: Rpc) -> None:
     entry = signed("s1", 0)
+    await automine(rpc, False)  # anvil mines an automined tx just after answering: mine it here
     await record_and_broadcast(journal, rpc, entry)
+    await rpc.request("evm_mine")
     result = await reconcile(journal, rpc, SENDER)
     assert result.counts == {"mined": 1}
     assert result.pending == ()
@@ -123,7 +125,9 @@ async def test_a_mined_revert_is_recorded_as_reverted(journal: Journal, rpc: Rpc
     target = "0x" + "66" * 20
     await rpc.request("anvil_setCode", [target, "0x60006000fd"])  # PUSH1 0 PUSH1 0 REVERT
     entry = signed("s1", 0, to=target, gas=60_000)
+    await automine(rpc, False)  # anvil mines an automined tx just after answering: mine it here
     await record_and_broadcast(journal, rpc, entry)
+    await rpc.request("evm_mine")
     result = await reconcile(journal, rpc, SENDER)
     assert result.counts == {"reverted": 1}
     (after,) = journal.entries("s1")

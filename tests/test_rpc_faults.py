@@ -167,20 +167,32 @@ async def test_a_permanently_malformed_endpoint_raises_rpc_malformed_error(
     assert await rpc.block_number() > 0  # the endpoint healed: the same client goes on
 
 
-async def test_a_json_rpc_error_is_an_answer_not_retried(proxy: RpcProxy, rpc: Rpc) -> None:
-    """-32603 is a genuine error answer: not retried, raised as it is (a batch keeps it per element)."""
+async def test_an_internal_error_is_retried_and_a_genuine_error_answer_is_not(
+    proxy: RpcProxy, rpc: Rpc
+) -> None:
+    """-32603 "internal error" is what a provider answers when the node behind it hiccups: retried
+    (a batch as a whole). A genuine error answer (no such method, a revert) is raised as it is, at once
+    (a batch keeps it per element)."""
     proxy.inject(faults.RPC_ERROR)
-    with pytest.raises(RpcError) as raised:
-        await rpc.chain_id()
-    assert (raised.value.code, raised.value.message) == (-32603, "internal error")
-    assert not isinstance(raised.value, RpcMalformedError)
+    assert await rpc.chain_id() == 31337
     proxy.inject(faults.RPC_ERROR)
     answers = await rpc.batch([("eth_chainId", []), ("eth_blockNumber", [])])
-    assert [(a.code, a.method) for a in answers] == [(-32603, "eth_chainId"), (-32603, "eth_blockNumber")]
-    assert await rpc.chain_id() == 31337
+    assert answers[0] == hex(31337)
+    assert int(answers[1], 16) > 0
+    with pytest.raises(RpcError) as unknown:
+        await rpc.request("no_such_method")
+    assert unknown.value.code == -32601
+    with pytest.raises(RpcError) as reverted:  # creation code PUSH1 0 PUSH1 0 REVERT
+        await rpc.request("eth_call", [{"data": "0x60006000fd"}, "latest"])
+    assert "revert" in reverted.value.message
+    answers = await rpc.batch([("eth_chainId", []), ("no_such_method", [])])
+    assert answers[0] == hex(31337)
+    assert isinstance(answers[1], RpcError)
+    assert answers[1].code == -32601
+    assert not isinstance(answers[1], RpcMalformedError)
     assert proxy.injected == Counter({faults.RPC_ERROR: 2})
-    assert rpc.errors == Counter({"answer": 1})
-    assert rpc.http_requests == 3
+    assert rpc.errors == Counter({"answer": 4})  # two -32603 retried, two genuine answers raised
+    assert rpc.http_requests == 2 + 2 + 1 + 1 + 1
 
 
 async def test_a_slow_answer_times_out_and_is_retried(node: DevChain, proxy: RpcProxy) -> None:

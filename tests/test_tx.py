@@ -92,6 +92,8 @@ async def test_an_already_sent_transaction_is_found_by_hash_not_resigned(
         pending = Pending(request, nonce, 100_000, fees[0], fees[1], [], b"", 0, 0.0)
         tx_hash = await manager._sign_and_broadcast(pending)
         assert tx_hash == "0x" + bytes(signed.hash).hex()
+        # anvil mines an automined transaction just after it answers: wait for it, then count
+        await eventually(lambda: chain.w3.eth.get_transaction_count(signer.address) > nonce)
         assert chain.w3.eth.get_transaction_count(signer.address) == nonce + 1
 
 
