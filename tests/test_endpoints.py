@@ -400,7 +400,8 @@ async def test_a_send_is_broadcast_to_every_endpoint_and_mined_once(
         outcome = await manager.send(TxRequest("touch", keeper.address, DEPLOYER, b"", "touch"))
         assert outcome.ok, outcome.reason
         assert rpc.calls["eth_sendRawTransaction"] == 1  # one broadcast, not retried
-        assert rpc.endpoints[3].errors == Counter({"transport": 1})
+        # the dead endpoint was tried and failed as unreachable (head surveys may try it again)
+        assert set(rpc.endpoints[3].errors) == {"transport"}
     assert [p.methods["eth_sendRawTransaction"] for p in proxies] == [1, 1, 1]
     assert node.w3.eth.get_transaction_count(keeper.address) == 1  # one transaction, mined once
     assert a.injected == Counter({faults.LOST_SEND_ANSWER: 1})
