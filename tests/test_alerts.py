@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -291,3 +294,38 @@ async def test_on_the_devnet_low_gas_and_endpoints_come_from_the_real_node(
     finally:
         await service.alerter.notifier.close()
     assert "0.0010 ETH left for gas" in receiver.posts[0][1]["text"]
+
+
+async def test_run_sends_started_and_stopped_and_logs_no_webhook(
+    devnet: Any, chain: Any, receiver: Receiver, tmp_path: Any
+) -> None:
+    """`perp-keeper run` (dry-run) on the devnet: "started" once it serves, "stopped" after SIGTERM."""
+    env = {
+        **os.environ,
+        "KEEPER_RPC_URL": devnet.url,
+        "KEEPER_METADATA": str(devnet.metadata_path),
+        "KEEPER_STATE_DB": str(tmp_path / "alerts.sqlite"),
+        "KEEPER_METRICS_PORT": "0",
+        "KEEPER_STALE_HEAD_SECONDS": "0",
+        "KEEPER_ALERT_WEBHOOKS": receiver.url,
+        "KEEPER_LOG_LEVEL": "DEBUG",
+    }
+    log_file = tmp_path / "keeper.log"
+    with log_file.open("w") as log:
+        keeper = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "keeper.cli", "run", "--dry-run", env=env, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while not receiver.posts and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            keeper.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(keeper.wait(), 60) == 0
+        finally:
+            if keeper.returncode is None:
+                keeper.kill()
+    texts = [body["text"] for _, body in receiver.posts]
+    assert len(texts) == 2, log_file.read_text()[-2000:]
+    assert "started (Perp v2, dry-run)" in texts[0]
+    assert texts[1].endswith("stopped")
+    assert SECRET not in log_file.read_text()
