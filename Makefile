@@ -16,6 +16,14 @@ tools:
 	  else \
 	    echo "perp-keeper needs node and npm: install Node.js (e.g. sudo apt-get install nodejs npm)" >&2; exit 2; \
 	  fi; }
+	@# promtool checks the Prometheus alerting rules and the dashboard's queries (tests/test_docker.py)
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing promtool (Debian package prometheus) with apt-get" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "the monitoring checks need promtool (e.g. sudo apt-get install prometheus)" >&2; exit 2; \
+	  fi; }
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)

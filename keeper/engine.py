@@ -91,6 +91,7 @@ class Engine:
         self.cooling: dict[str, tuple[float, str]] = {}  # opportunity key -> (until, error kind)
         self.decided: dict[str, str] = {}  # opportunity key -> the decision last recorded (its shape)
         self.ticks = 0
+        self.hooks = Hooks()  # observers (alerts): told of plans, outcomes and tick results
 
     @property
     def dry_run(self) -> bool:
@@ -110,7 +111,9 @@ class Engine:
         results += [r for _, _, r in (p for p in planned if p is not None)]
         self._forget_decisions({op.key for _, op in candidates})
         order = {op.key: i for i, (_, op) in enumerate(candidates)}
-        return sorted(results, key=lambda r: order.get(r.key, -1))  # failures and cooling first
+        results = sorted(results, key=lambda r: order.get(r.key, -1))  # failures and cooling first
+        self.hooks.call(self.hooks.ticked, head.number, results)
+        return results
 
     async def run_once(self, max_passes: int = 20) -> list[Result]:
         """Heads until one executes nothing, each drained: rounds, closes, sales, accounts tipped over."""
@@ -170,6 +173,7 @@ class Engine:
             except Exception as exc:
                 results.append(self._failed(_result(op, "skipped"), strategy, op, "plan", exc))
                 return None
+        self.hooks.call(self.hooks.planned, plan)
         result = _result(op, "skipped", plan.reason)
         result.profit = plan.estimate.profit if plan.estimate is not None else 0
         return strategy, plan, result
@@ -289,6 +293,7 @@ class Engine:
             self.metrics.transactions.labels(outcome.status).inc()
             self.metrics.replaced.inc(outcome.replacements)
         self.audit.record(**records.transaction(plan.opportunity, step, outcome, strategy.explain))
+        self.hooks.call(self.hooks.landed, plan, step.label, outcome, strategy.explain(outcome.reason))
         _log_outcome(plan.opportunity, step.label, outcome)
         if outcome.status == "skipped":
             result.status, result.reason = "skipped", outcome.reason
@@ -360,6 +365,23 @@ class Engine:
     def _prune_cooling(self) -> None:
         now = self.clock()
         self.cooling = {k: v for k, v in self.cooling.items() if v[0] > now}
+
+
+class Hooks:
+    """Observers of the engine (alerts); one that raises is logged, never felt by the tick."""
+
+    def __init__(self) -> None:
+        self.planned: Callable[[Plan[Any]], None] | None = None
+        self.landed: Callable[[Plan[Any], str, TxOutcome, str], None] | None = None
+        self.ticked: Callable[[int, list[Result]], None] | None = None
+
+    @staticmethod
+    def call(hook: Callable[..., None] | None, *args: Any) -> None:
+        try:
+            if hook is not None:
+                hook(*args)
+        except Exception:
+            log.exception("an engine hook failed")
 
 
 def _result(op: Opportunity, status: str, reason: str = "") -> Result:

@@ -65,6 +65,14 @@ class Metrics:
         self.task_restarts = Counter(
             "perp_keeper_task_restarts", "Background tasks restarted after dying", ["task"], registry=r
         )
+        self.alerts = Counter("perp_keeper_alerts", "Alert deliveries by outcome", ["outcome"], registry=r)
+        self.alert_firing = Gauge(
+            "perp_keeper_alert_firing", "1 while an alert condition fires", ["condition"], registry=r
+        )
+        self.eth_balance = Gauge("perp_keeper_eth_balance", "The keeper's ETH for gas", registry=r)
+        self.last_tick = Gauge(
+            "perp_keeper_last_tick_timestamp_seconds", "When the last tick ran", registry=r
+        )
 
     def watch_rpc(self, rpc: Endpoints) -> None:
         """Expose every endpoint of this RPC client (call once per client)."""
@@ -72,6 +80,7 @@ class Metrics:
 
     def ticked(self, head_timestamp: int) -> None:
         self.last_tick_at = time.time()
+        self.last_tick.set(self.last_tick_at)
         self.last_head_timestamp = head_timestamp
         self.head_lag.set(max(0.0, time.time() - head_timestamp))
 

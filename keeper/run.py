@@ -8,23 +8,26 @@ start-up: every failure after that is survived (`keeper/engine.py`, `keeper/loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from eth_account.signers.local import LocalAccount
 
-from keeper import config, registry
+from keeper import alerts, config, registry
 from keeper.audit import AuditLog
+from keeper.conditions import FAMILIES, AlertSettings, Facts, alert_settings
 from keeper.engine import Engine
 from keeper.errors import SettingError
 from keeper.flights import Result
 from keeper.journal import Journal
 from keeper.loop import HeadLoop
 from keeper.metrics import Metrics, configure_logging
+from keeper.notify import Alert
 from keeper.profit import usd_text
 from keeper.protocol import Wiring
 from keeper.rpc import Rpc
@@ -38,6 +41,7 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 async def main(args: Any) -> int:
     settings = config.run_settings(dry_run_flag=args.dry_run)
     configure_logging(settings.log_format, settings.log_level)
+    alerting = alert_settings(os.environ)  # a malformed webhook URL is exit 2, before anything
     rpc_url, metadata, state_db = connection_settings(args)
     plugin = registry.select(args.protocol, metadata, os.environ)
     signer, liquidator = _identity(args, settings)
@@ -83,7 +87,9 @@ async def main(args: Any) -> int:
         if args.once:
             write_summary(await engine.run_once(), sys.stdout, wiring.symbols)
         else:
-            await _serve(args, settings, engine, session.rpc, metrics, wiring, liquidator)
+            service = _alerts(alerting, engine, session.rpc, liquidator, metrics, settings.block_interval)
+            async with _alerting(service, plugin.title, tx is None):
+                await _serve(args, settings, engine, session.rpc, metrics, wiring, liquidator)
     finally:
         audit.close()
         if wiring is not None:
@@ -162,6 +168,42 @@ async def follow_heads(
         events.add_signal_handler(sig, loop.stop.set)
     loop.every(30, funds, "keeper-funds-and-gauges")
     await loop.run()
+
+
+def _alerts(
+    settings: AlertSettings, engine: Engine, rpc: Rpc, keeper: str, metrics: Metrics, interval: float
+) -> alerts.Service:
+    """The alert service, fed by the engine's hooks; its deliveries and firing conditions in metrics."""
+    replacements = engine.tx.max_replacements if isinstance(engine.tx, TxManager) else 3
+    count = lambda outcome: metrics.alerts.labels(outcome).inc()  # noqa: E731
+    service = alerts.build(settings, keeper, rpc, interval, replacements, count)
+    engine.hooks.planned, engine.hooks.landed = service.watch.planned, service.watch.landed
+    engine.hooks.ticked = service.watch.ticked
+
+    def export(facts: Facts, firing: set[str]) -> None:
+        if facts.eth_wei is not None:
+            metrics.eth_balance.set(facts.eth_wei / 10**18)
+        for condition in FAMILIES:
+            metrics.alert_firing.labels(condition).set(1 if condition in firing else 0)
+
+    service.exported = export
+    return service
+
+
+@contextlib.asynccontextmanager
+async def _alerting(service: alerts.Service, title: str, dry_run: bool) -> AsyncIterator[None]:
+    """ "started" and "stopped" alerts around a run, the checks in the background meanwhile."""
+    notifier = service.alerter.notifier
+    notifier.start()
+    service.alerter.emit(Alert("lifecycle", "info", f"started ({title}, {'dry-run' if dry_run else 'live'})"))
+    task = asyncio.create_task(service.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        service.alerter.emit(Alert("lifecycle", "info", "stopped"))
+        await notifier.close()
 
 
 def write_summary(results: Sequence[Result], out: TextIO, symbols: Mapping[str, str] | None = None) -> None:

@@ -7,18 +7,25 @@ docker); these checks need none.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path, PurePosixPath
 from urllib.parse import SplitResult, urlsplit
 
+from ruamel.yaml import YAML
+
+from keeper.conditions import FAMILIES
+from keeper.endpoints import Endpoint
 from keeper.metrics import Metrics
 from tests import dockerfile
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+yaml = YAML(typ="safe")
 
 
 def test_dockerfiles_are_hadolint_clean() -> None:
@@ -159,3 +166,68 @@ async def _exit_code(command: list[str]) -> int:
         *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     return await asyncio.wait_for(proc.wait(), timeout=30)
+
+
+# --- monitoring: Prometheus rules and the Grafana dashboard (compose profile "monitoring") -----------
+MONITORING = ROOT / "docker"
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make tools` installs it (Debian package prometheus)"
+    return subprocess.run([promtool, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads((MONITORING / "grafana/dashboards/perp-keeper.json").read_text())
+    assert dashboard["uid"] == "perp-keeper"
+    assert dashboard["panels"]
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_alerting_rules_and_dashboard_queries_pass_promtool(tmp_path: Path) -> None:
+    checked = _promtool("check", "rules", "docker/prometheus/alerts.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # every dashboard query parsed by promtool too, as the recording rules it could be
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:panel{i}", "expr": e} for i, e in enumerate(_dashboard_exprs())
+    ]}]}  # fmt: skip
+    (tmp_path / "dashboard.yml").write_text(json.dumps(rules))
+    checked = _promtool("check", "rules", str(tmp_path / "dashboard.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def _exported_names() -> set[str]:
+    metrics = Metrics()
+    metrics.watch_rpc(_OneEndpoint())
+    names = set()
+    for family in metrics.registry.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names |= {family.name + s for s in suffixes}
+    return names
+
+
+class _OneEndpoint:
+    endpoints = (Endpoint("http://x", "http://x", latency=0.1, head=1),)
+
+    def is_healthy(self, ep: Endpoint) -> bool:
+        return True
+
+
+def test_rules_and_dashboard_name_only_metrics_the_keeper_exports() -> None:
+    rules = (MONITORING / "prometheus/alerts.yml").read_text()
+    used = set(re.findall(r"perp_keeper_[a-z_]+", rules + "\n".join(_dashboard_exprs())))
+    assert used
+    assert used <= _exported_names(), used - _exported_names()
+    conditions = set(re.findall(r'condition="([a-z-]+)"', rules))
+    assert conditions <= set(FAMILIES)
+
+
+def test_the_monitoring_profile_mounts_the_rules_and_the_dashboard() -> None:
+    compose = yaml.load((MONITORING / "compose.yaml").read_text())
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        for volume in services[name]["volumes"]:
+            assert (MONITORING / volume.split(":")[0]).exists(), volume
+    assert "profiles" not in services["keeper"]  # the keeper starts without the profile
