@@ -20,7 +20,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from keeper import records
@@ -80,8 +80,10 @@ class Engine:
         error_cooldown: float = ERROR_COOLDOWN_SECONDS,
         poll_seconds: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        gate: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
+        self.gate = gate  # replicas: "may I send?" (keeper/lease.py Gate); a standby plans, never sends
         self.audit, self.tx, self.metrics = audit, tx, metrics
         self.gas_budget, self.error_cooldown, self.clock = gas_budget, error_cooldown, clock
         self.max_in_flight = max_in_flight  # plans at once (1: one transaction at a time, the old way)
@@ -198,6 +200,10 @@ class Engine:
         if self.tx is None:
             for strategy, plan, result in accepted:
                 await self._simulate_all(strategy, plan, result)
+            return
+        if self.gate is not None and not await self.gate():
+            for _, _, result in accepted:
+                result.status, result.reason = "standby", "another replica holds the lease"
             return
         await self._send(accepted, head, self.tx)
 

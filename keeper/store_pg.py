@@ -51,11 +51,11 @@ def is_postgres_url(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
 
-def open_store(database_url: str | None, state_db: Path | str) -> Store:
-    """PostgreSQL when a database URL is given, else SQLite at `state_db`."""
-    if database_url:
-        return PgStore(database_url)
-    return Store(state_db)
+def open_store(target: Path | str) -> Store:
+    """PostgreSQL for a postgresql:// URL, else a SQLite file (or ":memory:")."""
+    if isinstance(target, str) and is_postgres_url(target):
+        return PgStore(target)
+    return Store(target)
 
 
 class PgStore(Store):

@@ -160,7 +160,7 @@ def test_the_password_is_never_shown() -> None:
     url = "postgresql://keeper:s3cret@db.example:5433/state?sslmode=require"
     assert redact_dsn(url) == "postgresql://keeper@db.example:5433/state"
     with pytest.raises(StoreError) as refused:
-        open_store("postgresql://keeper:s3cret@127.0.0.1:1/state", "unused.sqlite")
+        open_store("postgresql://keeper:s3cret@127.0.0.1:1/state")
     assert "s3cret" not in str(refused.value)
 
 
@@ -168,7 +168,7 @@ def test_without_a_database_url_the_state_is_sqlite(tmp_path: object) -> None:
     from pathlib import Path
 
     assert isinstance(tmp_path, Path)
-    with closing(open_store(None, tmp_path / "k.sqlite")) as store:
+    with closing(open_store(tmp_path / "k.sqlite")) as store:
         assert not isinstance(store, PgStore)
         assert store.schema_version() == SCHEMA_VERSION
 
