@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 
 setup: $(VENV)/.installed toolchain
 
-# node and npm fetch anvil and the contract artifacts from the npm registry.
+# node and npm fetch anvil and the contract artifacts from the npm registry; the tests start a
+# throwaway PostgreSQL server (the replicas' shared state), the distribution's.
 tools:
 	@command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -23,6 +24,14 @@ tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	  else \
 	    echo "the monitoring checks need promtool (e.g. sudo apt-get install prometheus)" >&2; exit 2; \
+	  fi; }
+	@# the PostgreSQL server the store tests start on loopback (tests/pg.py)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing the PostgreSQL server with apt-get" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "the tests need a PostgreSQL server: install it (e.g. sudo apt-get install postgresql)" >&2; exit 2; \
 	  fi; }
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml

@@ -37,6 +37,11 @@ def _connection_args(command: argparse.ArgumentParser, state_db: bool) -> None:
     )
     if state_db:
         command.add_argument("--state-db", type=Path, default=None, help="SQLite state (env KEEPER_STATE_DB)")
+    command.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://... state shared by replicas, instead of SQLite (env KEEPER_DATABASE_URL)",
+    )
 
 
 def build_parser(plugin_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:

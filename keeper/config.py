@@ -135,6 +135,41 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
     )
 
 
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """Replicas sharing one PostgreSQL database (docs/replicas.md)."""
+
+    ttl: float  # seconds a lease lasts without renewal: the longest a dead holder delays the others
+    renew: float  # seconds between renewals
+    replica_id: str | None  # the holder name in the lease rows; None: host:pid:random
+
+
+def replica_settings(env: Mapping[str, str] | None = None) -> ReplicaSettings:
+    env = os.environ if env is None else env
+    ttl = integer(env, "KEEPER_LEASE_TTL_SECONDS", 5, low=1, high=300) or 5
+    renew_ms = integer(env, "KEEPER_LEASE_RENEW_MS", 1000, low=50, high=60_000) or 1000
+    if renew_ms * 2 > ttl * 1000:
+        raise SettingError(
+            f"KEEPER_LEASE_RENEW_MS: {renew_ms} ms must be at most half of KEEPER_LEASE_TTL_SECONDS ({ttl} s)"
+        )
+    return ReplicaSettings(float(ttl), renew_ms / 1000, env.get("KEEPER_REPLICA_ID") or None)
+
+
+def database_url(flag_value: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """--database-url, else KEEPER_DATABASE_URL: a postgresql:// URL, or None for SQLite."""
+    env = os.environ if env is None else env
+    url = (flag_value or env.get("KEEPER_DATABASE_URL") or "").strip()
+    if not url:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        scheme = url.split("://", 1)[0] if "://" in url else "no scheme"
+        raise SettingError(
+            f"--database-url / KEEPER_DATABASE_URL: expected postgresql://..., got {scheme} "
+            "(the value is not shown)"
+        )
+    return url
+
+
 AGGREGATORS = ("0x", "1inch")
 
 

@@ -20,48 +20,23 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from keeper import records
 from keeper.audit import AuditLog
 from keeper.errors import error_kind
 from keeper.flights import Flight, Flights, Result
 from keeper.metrics import Metrics
-from keeper.receipts import Pending, Prepared, TxOutcome, TxRequest
-from keeper.rpc import BlockHeader, BlockId
+from keeper.ports import Caller, Hooks, Sender
+from keeper.receipts import Pending, TxOutcome
+from keeper.rpc import BlockHeader
 from keeper.strategy import Opportunity, Plan, Strategy
 
 log = logging.getLogger(__name__)
 ERROR_COOLDOWN_SECONDS = 30.0
 GAS_BUDGET_SHARE = (1, 2)  # of the block gas limit, when no budget is set
 Planned = tuple[Strategy[Any], Plan[Any], Result]
-
-
-class Sender(Protocol):
-    """What the engine needs of the transaction manager (`keeper/tx.py`)."""
-
-    async def prepare_batch(
-        self, plans: Sequence[Sequence[TxRequest]], *, block: BlockId
-    ) -> list[list[Prepared] | TxOutcome]: ...
-
-    async def dispatch_all(self, prepared: Sequence[Prepared]) -> list[Pending | TxOutcome]: ...
-
-    async def submit(self, request: TxRequest, *, block: BlockId = "latest") -> Pending | TxOutcome: ...
-
-    async def poll(self) -> list[TxOutcome]: ...
-
-    def in_flight(self) -> set[str]:
-        """The accounts (exclusives) of every transaction in flight, the journal's included."""
-        ...
-
-
-class Caller(Protocol):
-    """What the engine needs of the RPC client: heads, and `eth_call` for dry-run simulations."""
-
-    async def request(self, method: str, params: Sequence[Any] = ()) -> Any: ...
-
-    async def header(self, block: BlockId = "latest") -> BlockHeader: ...
 
 
 class Engine:
@@ -80,8 +55,10 @@ class Engine:
         error_cooldown: float = ERROR_COOLDOWN_SECONDS,
         poll_seconds: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        gate: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
+        self.gate = gate  # replicas: "may I send?" (keeper/lease.py Gate); a standby plans, never sends
         self.audit, self.tx, self.metrics = audit, tx, metrics
         self.gas_budget, self.error_cooldown, self.clock = gas_budget, error_cooldown, clock
         self.max_in_flight = max_in_flight  # plans at once (1: one transaction at a time, the old way)
@@ -202,6 +179,10 @@ class Engine:
         if self.tx is None:
             for strategy, plan, result in accepted:
                 await self._simulate_all(strategy, plan, result)
+            return
+        if self.gate is not None and not await self.gate():
+            for _, _, result in accepted:
+                result.status, result.reason = "standby", "another replica holds the lease"
             return
         await self._send(accepted, head, self.tx)
 
@@ -365,23 +346,6 @@ class Engine:
     def _prune_cooling(self) -> None:
         now = self.clock()
         self.cooling = {k: v for k, v in self.cooling.items() if v[0] > now}
-
-
-class Hooks:
-    """Observers of the engine (alerts); one that raises is logged, never felt by the tick."""
-
-    def __init__(self) -> None:
-        self.planned: Callable[[Plan[Any]], None] | None = None
-        self.landed: Callable[[Plan[Any], str, TxOutcome, str], None] | None = None
-        self.ticked: Callable[[int, list[Result]], None] | None = None
-
-    @staticmethod
-    def call(hook: Callable[..., None] | None, *args: Any) -> None:
-        try:
-            if hook is not None:
-                hook(*args)
-        except Exception:
-            log.exception("an engine hook failed")
 
 
 def _result(op: Opportunity, status: str, reason: str = "") -> Result:

@@ -20,6 +20,7 @@ from typing import Any
 
 from keeper.audit import AuditLog
 from keeper.errors import KeeperError, RpcError
+from keeper.lease import Fence
 from keeper.rpc import Rpc
 from keeper.store import Store
 
@@ -86,11 +87,13 @@ class Journal:
         self.store = store
         self.audit = audit
 
-    def record_signed(self, *entries: Entry) -> None:
+    def record_signed(self, *entries: Entry, fence: Fence | None = None) -> None:
         """Record signed transactions, all in one database transaction, BEFORE broadcasting them.
 
         Raises `JournalError` (recording nothing) when a step still has a pending transaction at
-        another (sender, nonce): only a replacement (same sender and nonce) may be signed for it."""
+        another (sender, nonce): only a replacement (same sender and nonce) may be signed for it.
+        With a `fence` (replicas: keeper/lease.py) the same transaction checks that its holder still
+        holds the lease at its epoch, else `LeaseLostError` and nothing is recorded."""
         now = time.time()
         rows = [_row(dataclasses.replace(e, created_at=e.created_at or now)) for e in entries]
         steps: dict[str, tuple[str, int]] = {}
@@ -99,7 +102,7 @@ class Journal:
                 raise JournalError(f"step {row['step']}: two nonces in one batch")
             if row["status"] != PENDING:
                 raise JournalError(f"{row['tx_hash']}: a signed transaction is recorded as pending")
-        if conflicts := self.store.journal_insert(rows):
+        if conflicts := self.store.journal_insert(rows, fence):
             step, sender, nonce = conflicts[0]
             raise JournalError(
                 f"step {step} may still be mined (nonce {nonce} of {sender} is pending): not signed again"

@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from keeper.endpoints import Endpoint
+from keeper.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,11 @@ class Metrics:
         """Expose every endpoint of this RPC client (call once per client)."""
         self.registry.register(EndpointCollector(rpc))
 
+    def watch_lease(self, lease: LeaseKeeper) -> None:
+        """Expose a replica's lease: held, epoch, age, standby vs active (read at every scrape)."""
+        self.registry.register(LeaseCollector(lease))
+        self.lease = lease
+
     def ticked(self, head_timestamp: int) -> None:
         self.last_tick_at = time.time()
         self.last_tick.set(self.last_tick_at)
@@ -93,12 +99,16 @@ class Metrics:
             problems.append("no recent tick")
         if self.stale_head_seconds and head_age is not None and head_age > self.stale_head_seconds:
             problems.append("head is stale")
-        return not problems, {
+        detail: dict[str, Any] = {
             "ok": not problems,
             "problems": problems,
             "tick_age_s": tick_age,
             "head_age_s": head_age,
         }
+        if (lease := getattr(self, "lease", None)) is not None:
+            # a warm standby ticks (healthy); a stalled holder does not (unhealthy)
+            detail["role"] = "active" if lease.active else "standby"
+        return not problems, detail
 
     async def serve(self, port: int, host: str = "0.0.0.0") -> asyncio.Server:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -163,6 +173,27 @@ class EndpointCollector(Collector):
             lag.add_metric([ep.name], ep.lag)
             healthy.add_metric([ep.name], 1.0 if self.rpc.is_healthy(ep) else 0.0)
         yield from (requests, errors, latency, head, lag, healthy)
+
+
+class LeaseCollector(Collector):
+    def __init__(self, lease: LeaseKeeper) -> None:
+        self.lease = lease
+
+    def collect(self) -> Iterator[Metric]:
+        by, name = ["lease"], self.lease.name
+        held = GaugeMetricFamily("perp_keeper_lease_held", "1 while this replica holds the lease", labels=by)
+        epoch = GaugeMetricFamily("perp_keeper_lease_epoch", "The lease's epoch as last seen", labels=by)
+        age = GaugeMetricFamily(
+            "perp_keeper_lease_age_seconds", "Seconds since the current holder took the lease", labels=by
+        )
+        active = GaugeMetricFamily("perp_keeper_replica_active", "1: active (signs), 0: warm standby")
+        current = self.lease.current
+        held.add_metric([name], 1.0 if self.lease.active else 0.0)
+        if current is not None:
+            epoch.add_metric([name], current.epoch)
+            age.add_metric([name], max(0.0, time.time() - current.acquired_at))
+        active.add_metric([], 1.0 if self.lease.active else 0.0)
+        yield from (held, epoch, age, active)
 
 
 class JsonFormatter(logging.Formatter):

@@ -25,13 +25,16 @@ from keeper.engine import Engine
 from keeper.errors import SettingError
 from keeper.flights import Result
 from keeper.journal import Journal
+from keeper.lease import Gate, LeaseKeeper
 from keeper.loop import HeadLoop
 from keeper.metrics import Metrics, configure_logging
 from keeper.notify import Alert
 from keeper.profit import usd_text
-from keeper.protocol import Wiring
+from keeper.protocol import Session, Wiring
 from keeper.rpc import Rpc
 from keeper.session import connection_settings, open_session
+from keeper.store import Store
+from keeper.store_pg import PgStore
 from keeper.tx import TxManager
 
 log = logging.getLogger(__name__)
@@ -54,17 +57,7 @@ async def main(args: Any) -> int:
     wiring: Wiring | None = None
     try:
         wiring = plugin.wire(session, settings, os.environ, liquidator)
-        tx = None
-        if signer is not None:
-            journal = Journal(session.store, audit)
-            tx = TxManager(
-                session.rpc,
-                signer,
-                session.deployment.chain_id,
-                journal=journal,
-                max_fee_gwei=settings.max_fee_gwei,
-            )
-            await tx.start()  # settle the journal with the chain before anything new is signed
+        tx, lease = await _transactions(session, signer, settings, audit)
         metrics = Metrics(
             block_interval=settings.block_interval, stale_head_seconds=settings.stale_head_seconds
         )
@@ -79,23 +72,76 @@ async def main(args: Any) -> int:
             metrics,
             gas_budget=settings.gas_budget,
             max_in_flight=settings.max_in_flight,
+            gate=None if lease is None or tx is None else Gate(lease, tx.start),
         )
+        if lease is not None:
+            metrics.watch_lease(lease)
         print(
             f"perp-keeper {'dry-run' if tx is None else 'live'} ({plugin.name}): liquidator {liquidator}",
             file=sys.stderr,
         )
-        if args.once:
-            write_summary(await engine.run_once(), sys.stdout, wiring.symbols)
-        else:
-            service = _alerts(alerting, engine, session.rpc, liquidator, metrics, settings.block_interval)
-            async with _alerting(service, plugin.title, tx is None):
-                await _serve(args, settings, engine, session.rpc, metrics, wiring, liquidator)
+        async with leasing(lease):
+            if args.once:
+                write_summary(await engine.run_once(), sys.stdout, wiring.symbols)
+            else:
+                service = _alerts(alerting, engine, session.rpc, liquidator, metrics, settings.block_interval)
+                async with _alerting(service, plugin.title, tx is None):
+                    await _serve(args, settings, engine, session.rpc, metrics, wiring, liquidator)
     finally:
         audit.close()
         if wiring is not None:
             await wiring.close()
         await session.close()
     return 0
+
+
+async def _transactions(
+    session: Session, signer: LocalAccount | None, settings: config.RunSettings, audit: AuditLog
+) -> tuple[TxManager | None, LeaseKeeper | None]:
+    """The transaction manager (live only) and, for replicas sharing PostgreSQL, the signer's lease
+    that fences its every journal write. Alone, the journal is reconciled now; a replica reconciles
+    whenever it becomes the holder (`Gate`)."""
+    if signer is None:
+        return None, None
+    lease = replica_lease(session.store, signer.address)
+    tx = TxManager(
+        session.rpc,
+        signer,
+        session.deployment.chain_id,
+        journal=Journal(session.store, audit),
+        max_fee_gwei=settings.max_fee_gwei,
+        fence=None if lease is None else lease.fence,
+    )
+    if lease is None:
+        await tx.start()  # settle the journal with the chain before anything new is signed
+    return tx, lease
+
+
+def replica_lease(store: Store, sender: str) -> LeaseKeeper | None:
+    """With PostgreSQL state, any number of `run` processes act as one keeper: one lease per signing
+    key elects the one that signs (docs/replicas.md). SQLite is one instance: no lease."""
+    if not isinstance(store, PgStore):
+        return None
+    replica = config.replica_settings()
+    return LeaseKeeper(
+        store, f"signer:{sender.lower()}", replica.replica_id, ttl=replica.ttl, renew=replica.renew
+    )
+
+
+@contextlib.asynccontextmanager
+async def leasing(lease: LeaseKeeper | None) -> AsyncIterator[None]:
+    """Renew the lease in the background while the keeper runs; hand it over on the way out. A first
+    claim is made before the first head, so a lone replica sends at once."""
+    if lease is None:
+        yield
+        return
+    lease.renew_once()
+    task = asyncio.create_task(lease.run(), name="lease")
+    try:
+        yield
+    finally:
+        lease.stop.set()
+        await task
 
 
 def _identity(args: Any, settings: config.RunSettings) -> tuple[LocalAccount | None, str]:

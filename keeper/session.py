@@ -24,6 +24,7 @@ from keeper.indexer import Indexer, Progress
 from keeper.protocol import ProtocolPlugin, Session
 from keeper.rpc import Rpc, RpcBusyError, is_transient, redact
 from keeper.store import Store
+from keeper.store_pg import open_store
 
 log = logging.getLogger(__name__)
 DEFAULT_STATE_DB = Path("state/keeper.sqlite")
@@ -31,14 +32,16 @@ STARTUP_PATIENCE_SECONDS = 60.0
 DEFAULT_RPC_TIMEOUT_SECONDS = 30
 
 
-def connection_settings(args: Any) -> tuple[str, Path, Path]:
-    """--rpc-url / --metadata / --state-db, else KEEPER_RPC_URL / KEEPER_METADATA / KEEPER_STATE_DB."""
+def connection_settings(args: Any) -> tuple[str, Path, Path | str]:
+    """--rpc-url / --metadata / --state-db, else KEEPER_RPC_URL / KEEPER_METADATA / KEEPER_STATE_DB.
+    The state is --database-url / KEEPER_DATABASE_URL (a postgresql:// URL, a str) when one is set."""
     rpc_url = args.rpc_url or os.environ.get("KEEPER_RPC_URL") or ""
     metadata = args.metadata or os.environ.get("KEEPER_METADATA")
     if not metadata:
         raise SettingError("--metadata / KEEPER_METADATA is required")
     state_db = getattr(args, "state_db", None) or os.environ.get("KEEPER_STATE_DB") or DEFAULT_STATE_DB
-    return check_rpc_url(rpc_url), Path(metadata), Path(state_db)
+    url = config.database_url(getattr(args, "database_url", None))
+    return check_rpc_url(rpc_url), Path(metadata), url or Path(state_db)
 
 
 def check_rpc_url(url: str | None, setting: str = "--rpc-url / KEEPER_RPC_URL") -> str:
@@ -89,7 +92,7 @@ async def connect(
         code = await rpc.request("eth_getCode", [anchor, "latest"])
         if code in (None, "0x", ""):
             raise SettingError(f"--metadata: no contract at {anchor_name} {anchor} on {redact(rpc_url)}")
-        store = Store(state_db)
+        store = open_store(state_db)
         store.bind(chain_id, anchor)
     except BaseException:
         await rpc.close()

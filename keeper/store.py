@@ -10,7 +10,8 @@ be on the network with no record of it (an fsync per commit, ~0.2 ms here).
 
 The schema is versioned (`meta.schema_version`; a database without one is version 1, the schema before
 the journal). Opening a database migrates it forward in one transaction per step; a database from a
-newer keeper is refused.
+newer keeper is refused. The same schema and migrations serve PostgreSQL (`keeper/store_pg.py`,
+`postgres_sql` translates the few types), where the replicas keep their shared state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from keeper.errors import StoreError
+from keeper.lease import Fence, Lease, check_fence, claim
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,14 +59,45 @@ CREATE INDEX journal_sender_nonce ON journal (sender, nonce);
 CREATE INDEX journal_status ON journal (status, sender);
 """
 
+# The replicas' leases (keeper/lease.py): one row per lease (a shard's lease is its assignment), and
+# every epoch ever begun, so who held what, when, can be audited (bench/replicas.py does).
+LEASE_SCHEMA = """
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    acquired_at REAL NOT NULL,
+    renewed_at REAL NOT NULL
+);
+CREATE TABLE lease_history (
+    name TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    acquired_at REAL NOT NULL,
+    PRIMARY KEY (name, epoch)
+);
+"""
+
 # MIGRATIONS[v] takes a version-v database to version v + 1.
-MIGRATIONS: dict[int, str] = {1: JOURNAL_SCHEMA}
-SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, str] = {1: JOURNAL_SCHEMA, 2: LEASE_SCHEMA}
+SCHEMA_VERSION = 3
+LEASE_COLUMNS = ("name", "holder", "epoch", "expires_at", "acquired_at", "renewed_at")
 JOURNAL_COLUMNS = (
     "tx_hash", "step", "account", "label", "sender", "nonce", "raw", "max_fee", "tip", "gas_limit",
     "status", "block", "gas_used", "fee_wei", "reason", "created_at",
 )  # fmt: skip
 _WEI_COLUMNS = ("max_fee", "tip", "fee_wei")
+
+
+def postgres_sql(sql: str) -> str:
+    """The schema in PostgreSQL's types: 64-bit integers, BYTEA, double precision, a serial id."""
+    return (
+        sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+        .replace("BLOB", "BYTEA")
+        .replace("REAL", "DOUBLE PRECISION")
+        .replace("INTEGER", "BIGINT")
+    )
 
 
 class Store:
@@ -160,13 +193,19 @@ class Store:
         return [row[0] for row in self.db.execute("SELECT address FROM accounts ORDER BY address")]
 
     # --- the transaction journal (rules in keeper/journal.py) ------------------------------------
-    def journal_insert(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
+    def journal_insert(
+        self, rows: Sequence[Mapping[str, Any]], fence: Fence | None = None
+    ) -> list[tuple[str, str, int]]:
         """Insert journal rows (keys: JOURNAL_COLUMNS) in one transaction, unless a row's step still
         has a pending row at another (sender, nonce): then nothing is inserted and those conflicts
         (step, sender, nonce) are returned. A tx_hash already recorded is left as it is (the same
-        hash is the same signed bytes)."""
+        hash is the same signed bytes). With a fence, the lease is checked in the same transaction
+        (`BEGIN IMMEDIATE` holds the file's write lock: no take-over in between); `LeaseLostError`
+        when it no longer holds, and nothing is inserted."""
         try:
             with self._transaction():
+                if fence is not None:
+                    check_fence(self._lease(fence.name), fence, time.time())
                 conflicts: list[tuple[str, str, int]] = []
                 for row in rows:
                     conflicts += self.db.execute(
@@ -233,6 +272,55 @@ class Store:
         return [
             {c: _from_db(c, v) for c, v in zip(JOURNAL_COLUMNS, values, strict=True)} for values in cursor
         ]
+
+    # --- leases (rules in keeper/lease.py) -------------------------------------------------------------
+    def lease_claim(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Take or renew the lease for `holder` if it may (`lease.claim`); the row afterwards."""
+        with self._transaction():
+            current = self._lease(name)
+            row = claim(current, name, holder, time.time(), ttl)
+            if row is None:
+                return current
+            self.db.execute(
+                f"INSERT OR REPLACE INTO leases ({', '.join(LEASE_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?)",
+                [getattr(row, c) for c in LEASE_COLUMNS],
+            )
+            if current is None or current.epoch != row.epoch:
+                self.db.execute(
+                    "INSERT INTO lease_history (name, epoch, holder, acquired_at) VALUES (?, ?, ?, ?)",
+                    (name, row.epoch, holder, row.acquired_at),
+                )
+            return row
+
+    def lease_release(self, name: str, holder: str) -> None:
+        """Hand the lease over now (a clean shutdown): it expires at once if `holder` still holds it."""
+        self.db.execute("UPDATE leases SET expires_at = 0 WHERE name = ? AND holder = ?", (name, holder))
+
+    def leases(self) -> list[Lease]:
+        cursor = self.db.execute(f"SELECT {', '.join(LEASE_COLUMNS)} FROM leases ORDER BY name")
+        return [Lease(*values) for values in cursor]
+
+    def lease_history(self, name: str) -> list[tuple[int, str, float]]:
+        """(epoch, holder, acquired_at) of every epoch of the lease, oldest first."""
+        return list(
+            self.db.execute(
+                "SELECT epoch, holder, acquired_at FROM lease_history WHERE name = ? ORDER BY epoch",
+                (name,),
+            )
+        )
+
+    def now(self) -> float:
+        """The clock leases are judged by."""
+        return time.time()
+
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
+    def _lease(self, name: str) -> Lease | None:
+        row = self.db.execute(
+            f"SELECT {', '.join(LEASE_COLUMNS)} FROM leases WHERE name = ?", (name,)
+        ).fetchone()
+        return Lease(*row) if row else None
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)

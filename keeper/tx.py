@@ -29,6 +29,7 @@ from eth_utils.address import to_checksum_address
 from keeper import gas, preflight
 from keeper.errors import RpcError, RpcMalformedError, RpcUnavailableError
 from keeper.journal import Entry, Journal
+from keeper.lease import Fence, LeaseLostError
 from keeper.receipts import Pending, Prepared, TxOutcome, TxRequest, outcome_of
 from keeper.reconcile import Reconciled, reconcile, restored
 from keeper.rpc import BlockId, Rpc
@@ -56,8 +57,11 @@ class TxManager:
         receipt_timeout: float = 120.0,
         poll_seconds: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        fence: Callable[[], Fence | None] | None = None,
     ) -> None:
         self.rpc, self.signer, self.chain_id, self.journal = rpc, signer, chain_id, journal
+        # replicas (keeper/lease.py): every journal write is checked against the lease, in its transaction
+        self.fence = fence
         self.address = signer.address
         self.max_fee_gwei = max_fee_gwei
         self.replace_after_blocks = replace_after_blocks
@@ -228,6 +232,9 @@ class TxManager:
     async def _sign_and_broadcast(self, pending: Pending) -> str:
         """Sign for the pending nonce at its fees, journal it, then broadcast. Under `_signing`."""
         request = pending.request
+        fence = None if self.fence is None else self.fence()
+        if self.fence is not None and fence is None:
+            raise LeaseLostError(f"{request.label}: this replica does not hold the lease: not signed")
         tx: dict[str, Any] = {
             "type": 2,
             "chainId": self.chain_id,
@@ -254,7 +261,8 @@ class TxManager:
                     pending.max_fee,
                     pending.tip,
                     pending.gas_limit,
-                )
+                ),
+                fence=fence,
             )
         pending.hashes.append(tx_hash)
         pending.raw = raw
@@ -366,7 +374,8 @@ class TxManager:
         p.replacements += 1
         try:
             tx_hash = await self._sign_and_broadcast(p)
-        except (RpcError, RpcUnavailableError) as exc:  # the earlier hashes may still be mined: keep all
+        except (RpcError, RpcUnavailableError, LeaseLostError) as exc:
+            # the earlier hashes may still be mined: keep all (a lost lease: the new holder follows them)
             log.warning("%s: replacing nonce %d: %s", p.request.label, p.nonce, exc)
             return
         log.info("%s: replaced with %s (fees +12.5 %%, #%d)", p.request.label, tx_hash, p.replacements)

@@ -383,7 +383,7 @@ def test_a_state_database_from_before_the_journal_opens_and_gains_it(db: Path) -
     with closing(sqlite3.connect(db)) as old:  # the schema every keeper before the journal wrote
         old.executescript(OLD_SCHEMA)
     with closing(Store(db)) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         assert store.accounts() == ["0xaaa", "0xbbb"]
         assert store.checkpoint() == 120
         assert store.block_hashes() == {120: "0xh120"}
@@ -392,7 +392,7 @@ def test_a_state_database_from_before_the_journal_opens_and_gains_it(db: Path) -
             store.bind(10, "0xanchor")
         Journal(store).record_signed(signed("s1", 0))
     with closing(Store(db)) as store:  # opening a current database again changes nothing
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
         assert Journal(store).may_be_mined("s1")
 
 
