@@ -3,6 +3,7 @@ target and the sUSD conversion end to end on the real contracts and Uniswap v3 p
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -16,12 +17,15 @@ from devnet import up
 from devnet.chain import DevChain
 from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
 from keeper import funds
+from keeper.alerts import Alerter, Watch
 from keeper.audit import AuditLog
+from keeper.conditions import AlertSettings
 from keeper.engine import Engine
 from keeper.errors import SettingError
 from keeper.flights import Result
 from keeper.funds import Caps, Ledger
 from keeper.journal import Journal
+from keeper.notify import Notifier, targets
 from keeper.protocol import Session
 from keeper.quotes import UniswapV3
 from keeper.tx import TxManager
@@ -29,6 +33,7 @@ from strategies.perp_v2.funds import PerpV2Funds
 from strategies.perp_v2.plugin import PerpSession
 from strategies.synthetix_perps_v2.funds import SynthetixFunds
 from strategies.synthetix_perps_v2.plugin import open_session as open_synthetix_session
+from tests.test_alerts import SECRET, Receiver, delivered, quiet_facts
 
 ETH, USDC = 10**18, 10**6
 KEEPER = Web3.to_checksum_address(KEEPER_ADDRESS)
@@ -175,8 +180,12 @@ async def test_gas_top_up_is_cut_to_its_cap_and_refused_past_the_days_even_after
     chain.set_balance(KEEPER_ADDRESS, 1 * ETH)
     env = {**GAS_ENV, "KEEPER_GAS_TOPUP_MAX_USDC": "500", "KEEPER_GAS_TOPUP_DAILY_MAX_USDC": "500"}
     usdc_before = usdc_of(devnet)
-    results = await funds_engine(session, tmp_path, env).run_once()
+    engine, watch = funds_engine(session, tmp_path, env), Watch(block_interval=2.0)
+    engine.hooks.planned, engine.hooks.landed, engine.hooks.ticked = watch.planned, watch.landed, watch.ticked
+    results = await head(engine)
     assert one(results, funds.GAS_TOPUP).status == "executed", results
+    (moved,) = watch.facts.funds  # the funds alert's event: the spending step, mined
+    assert moved[1].startswith("funds gas-topup 500000000 on day ")
     assert usdc_before - usdc_of(devnet) == 500 * USDC  # cut from ~3,500 to the cap
     assert chain.w3.eth.get_balance(KEEPER) < 2 * ETH  # still under the floor
     restarted = funds_engine(session, tmp_path, env)  # a new process: the spend comes from the journal
@@ -184,6 +193,9 @@ async def test_gas_top_up_is_cut_to_its_cap_and_refused_past_the_days_even_after
     assert refused.status == "skipped"
     assert refused.reason == "gas-topup: daily cap reached: 500,000,000 of 500,000,000 moved today"
     assert usdc_before - usdc_of(devnet) == 500 * USDC
+    await head(engine)  # the first process, still running, is refused too: the funds-capped alert
+    assert watch.facts.funds_refused == {funds.GAS_TOPUP: refused.reason}
+    assert watch.facts.stuck == {}  # a refused funds action is not a stuck liquidation
     chain.advance_time(funds.DAY_SECONDS)  # the next day has its own budget
     assert one(await restarted.run_once(), funds.GAS_TOPUP).status == "executed"
     assert usdc_before - usdc_of(devnet) == 1_000 * USDC
@@ -307,3 +319,42 @@ async def test_susd_above_the_threshold_is_converted_to_usdc_within_the_caps(
     # 500 left: not above the threshold, nothing to do
     assert not [r for r in await head(engine) if r.kind == funds.SUSD_CONVERT]
     assert usdc.allowance(KEEPER_ADDRESS, d.swap_router).call() == 0
+
+
+# --- alerts ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    r.server = await asyncio.start_server(r.handle, "127.0.0.1", 0)
+    yield r
+    r.server.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "fire"),
+    [
+        ("funds", lambda f: f.funds.append((f.now, "funds gas-topup 500000000 on day 7: mined"))),
+        ("funds-capped:gas-topup", lambda f: f.funds_refused.update({funds.GAS_TOPUP: "daily cap reached"})),
+    ],
+)
+async def test_funds_alerts_fire_once_resolve_once_and_carry_no_secret(
+    receiver: Receiver, key: str, fire: Any
+) -> None:
+    notifier = Notifier(targets(receiver.url), "0xKeeper00000000")
+    alerter = Alerter(AlertSettings(), notifier)
+    notifier.start()
+    try:
+        facts = quiet_facts()
+        assert alerter.evaluate(facts) == []
+        fire(facts)
+        for _ in range(3):
+            alerter.evaluate(facts)
+        assert [a.resolved for a in alerter.evaluate(quiet_facts())] == [True]
+        await delivered(notifier, 2)
+    finally:
+        await notifier.close()
+    bodies = [body for _, body in receiver.posts]
+    assert [(b["key"], b["resolved"]) for b in bodies] == [(key, False), (key, True)]
+    assert all(SECRET not in json.dumps(b) for b in bodies)
