@@ -20,6 +20,7 @@ from keeper import funds
 from keeper.alerts import Alerter, Watch
 from keeper.audit import AuditLog
 from keeper.conditions import AlertSettings
+from keeper.config import run_settings
 from keeper.engine import Engine
 from keeper.errors import SettingError
 from keeper.flights import Result
@@ -30,9 +31,10 @@ from keeper.protocol import Session
 from keeper.quotes import UniswapV3
 from keeper.tx import TxManager
 from strategies.perp_v2.funds import PerpV2Funds
-from strategies.perp_v2.plugin import PerpSession
+from strategies.perp_v2.plugin import PLUGIN, PerpSession
 from strategies.synthetix_perps_v2.funds import SynthetixFunds
 from strategies.synthetix_perps_v2.plugin import open_session as open_synthetix_session
+from tests.helpers import run_once
 from tests.test_alerts import SECRET, Receiver, delivered, quiet_facts
 
 ETH, USDC = 10**18, 10**6
@@ -358,3 +360,28 @@ async def test_funds_alerts_fire_once_resolve_once_and_carry_no_secret(
     bodies = [body for _, body in receiver.posts]
     assert [(b["key"], b["resolved"]) for b in bodies] == [(key, False), (key, True)]
     assert all(SECRET not in json.dumps(b) for b in bodies)
+
+
+# --- wiring ---------------------------------------------------------------------------------------------
+
+
+async def test_the_plugin_ranks_funds_after_every_liquidation_and_only_when_asked(
+    devnet: up.Devnet, session: PerpSession
+) -> None:
+    settings = run_settings({})
+    off = PLUGIN.wire(session.session, settings, {}, KEEPER_ADDRESS)
+    assert not any(isinstance(s, PerpV2Funds) for s in off.strategies)
+    on = PLUGIN.wire(session.session, settings, GAS_ENV, KEEPER_ADDRESS)
+    assert isinstance(on.strategies[-1], PerpV2Funds)
+    assert len(on.strategies) == len(off.strategies) + 1
+    await off.close()
+    await on.close()
+
+
+def test_a_setting_for_the_other_protocol_is_exit_2_with_one_line(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setenv("KEEPER_SUSD_CONVERT_ABOVE", "100")
+    code, _ = run_once(devnet.url, devnet.metadata_path, tmp_path / "s.sqlite", "--dry-run")
+    assert code == 2
+    assert "KEEPER_SUSD_CONVERT_ABOVE: Perp v2 pays no sUSD" in capsys.readouterr().err
