@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from keeper.conditions import CONDITIONS, AlertSettings, Condition, EndpointState, Facts, Finding, Stuck
 from keeper.endpoints import Endpoint
 from keeper.flights import Result
+from keeper.funds import FUNDS, parse_label
 from keeper.notify import LEVELS, Alert, Notifier, targets
 from keeper.receipts import TxOutcome
 from keeper.strategy import LIQUIDATE, Plan
@@ -79,6 +80,8 @@ class Watch:
 
     def planned(self, plan: Plan[Any]) -> None:
         """Engine hook: the largest capital a recent plan needed, and what the keeper held then."""
+        if plan.stage == FUNDS:
+            self._funds_planned(plan)
         if plan.capital is not None:
             name, need, held = plan.capital
             largest, _ = self.facts.capital.get(name, (0, 0))
@@ -93,18 +96,30 @@ class Watch:
                 self.facts.lost.append((now, f"{plan.opportunity.account} ({reason})"))
         if outcome.replacements >= self.max_replacements:
             self.facts.ceilings.append((now, what))
+        if plan.stage == FUNDS and outcome.ok and parse_label(label) is not None:
+            self.facts.funds.append((now, f"{label}: {outcome.status}"))
         self.totals["gas_wei"] += outcome.fee_wei
+
+    def _funds_planned(self, plan: Plan[Any]) -> None:
+        """A funds action refused by its daily cap fires until one of it is planned again."""
+        action = plan.opportunity.kind
+        if not plan.execute and "daily cap reached" in plan.reason:
+            self.facts.funds_refused[action] = plan.reason
+        else:
+            self.facts.funds_refused.pop(action, None)
 
     def ticked(self, head: int, results: Sequence[Result]) -> None:
         """After each tick: what is liquidatable and not being liquidated, since when and why."""
         self.facts.head, self.facts.last_tick_at = head, time.monotonic()
         seen = set()
+        planned = {r.kind for r in results if r.key.startswith("funds:")}
+        self.facts.funds_refused = {k: v for k, v in self.facts.funds_refused.items() if k in planned}
         for r in results:
-            if r.status == "executed":
+            if r.status == "executed" and not r.key.startswith("funds:"):
                 self.totals["liquidations"] += 1
                 self.totals["reward"] += r.reward
                 self.totals["profit"] += r.profit
-            if r.status in ("skipped", "failed"):
+            if r.status in ("skipped", "failed") and not r.key.startswith("funds:"):
                 seen.add(r.key)
                 st = self.facts.stuck.setdefault(r.key, Stuck(r.account, head, r.reason))
                 st.reason = reason_class(r.reason)
@@ -112,7 +127,7 @@ class Watch:
 
     def prune(self, window: float) -> None:
         now = time.monotonic()
-        for events in (self.facts.reverts, self.facts.ceilings, self.facts.lost):
+        for events in (self.facts.reverts, self.facts.ceilings, self.facts.lost, self.facts.funds):
             events[:] = [e for e in events if now - e[0] <= window]
 
 

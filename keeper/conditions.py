@@ -95,6 +95,8 @@ class Facts:
     lost: list[tuple[float, str]] = field(default_factory=list)
     bad_debt: dict[str, int] = field(default_factory=dict)  # account -> amount (X18 USD)
     stuck: dict[str, Stuck] = field(default_factory=dict)  # opportunity key -> since when, why
+    funds: list[tuple[float, str]] = field(default_factory=list)  # funds moves that landed (when, what)
+    funds_refused: dict[str, str] = field(default_factory=dict)  # funds action -> why it may not move
 
 
 Condition = Callable[[Facts, AlertSettings], list[Finding]]
@@ -198,6 +200,22 @@ def stuck(f: Facts, s: AlertSettings) -> list[Finding]:
     ]
 
 
+def funds_moved(f: Facts, s: AlertSettings) -> list[Finding]:
+    """The keeper moved its own money (gas top-up, sUSD conversion, a Vault move): worth knowing."""
+    recent = _recent(f.funds, f, s)
+    if not recent:
+        return []
+    return [Finding("funds", "info", f"{len(recent)} funds action(s); last: {recent[-1]}")]
+
+
+def funds_capped(f: Facts, s: AlertSettings) -> list[Finding]:
+    """A funds action the balances call for, refused by its daily cap: a person should look."""
+    return [
+        Finding(f"funds-capped:{action}", "warning", f"funds: {reason}")
+        for action, reason in sorted(f.funds_refused.items())
+    ]
+
+
 FAMILIES = (  # what `perp_keeper_alert_firing{condition}` is labelled with
     "low-gas",
     "low-capital",
@@ -209,6 +227,8 @@ FAMILIES = (  # what `perp_keeper_alert_firing{condition}` is labelled with
     "lost",
     "bad-debt",
     "stuck",
+    "funds",
+    "funds-capped",
 )
 CONDITIONS: tuple[Condition, ...] = (
     low_gas,
@@ -220,4 +240,6 @@ CONDITIONS: tuple[Condition, ...] = (
     lost,
     bad_debt,
     stuck,
+    funds_moved,
+    funds_capped,
 )

@@ -14,8 +14,10 @@ from typing import Any, TextIO
 
 from eth_abi.abi import decode
 
+from keeper import funds
 from keeper.codec import encode_call
 from keeper.config import RunSettings
+from keeper.errors import SettingError
 from keeper.gas import warn_low_gas
 from keeper.indexer import AccountSource, Indexer
 from keeper.protocol import Check, Session, Wiring
@@ -25,6 +27,7 @@ from keeper.session import open_session as open_protocol_session
 from keeper.store import Store
 from strategies.perp_v2 import checks, report, views
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+from strategies.perp_v2.funds import PerpV2Funds
 from strategies.perp_v2.inventory import InventorySettings, PerpV2Inventory
 from strategies.perp_v2.metadata import Deployment, load_metadata
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
@@ -93,8 +96,10 @@ class PerpV2Plugin:
             Seller(d.usdc, session.rpc, session.read, sources, settings.slippage_bps),
             InventorySettings(liquidator, settings.min_profit, settings.inherited, settings.slippage_bps),
         )
+        strategies: list[Any] = [positions, collateral, inventory]
+        strategies += _funds(session, env, liquidator, sources, settings.slippage_bps)
         return Wiring(
-            [positions, collateral, inventory],
+            strategies,
             report.symbols(d),
             lambda: len(session.indexer.known),
             lambda keeper: _warn_low_funds(session.rpc, d.vault, keeper),
@@ -115,6 +120,22 @@ class PerpV2Plugin:
 
 
 PLUGIN = PerpV2Plugin()
+
+
+def _funds(
+    session: Session, env: Mapping[str, str], keeper: str, sources: list[Any], slippage_bps: int
+) -> list[PerpV2Funds]:
+    """The funds strategy, last in rank, when gas top-up or the Vault target is on."""
+    settings = funds.funds_settings(env)
+    d: Deployment = session.deployment
+    if settings.susd is not None:
+        raise SettingError("KEEPER_SUSD_CONVERT_ABOVE: Perp v2 pays no sUSD (Synthetix Perps V2 only)")
+    if settings.gas is not None and d.weth9 is None:
+        raise SettingError("KEEPER_GAS_TOPUP_FLOOR_ETH: the metadata names no WETH9 to buy ETH with")
+    if settings.gas is None and settings.vault is None:
+        return []
+    ledger = funds.Ledger(lambda: session.store.journal_rows(sender=keeper.lower()))
+    return [PerpV2Funds(d, session.rpc, session.read, sources, settings, keeper, ledger, slippage_bps)]
 
 
 async def _warn_low_funds(rpc: Rpc, vault: str, keeper: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from keeper import funds
 from keeper.config import RunSettings
 from keeper.errors import SettingError
 from keeper.gas import warn_low_gas
@@ -16,6 +17,7 @@ from keeper.quotes import UniswapV3
 from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
 from strategies.synthetix_perps_v2 import checks
+from strategies.synthetix_perps_v2.funds import SynthetixFunds
 from strategies.synthetix_perps_v2.metadata import (
     SYNTHETIX_PERPS_V2,
     SynthetixDeployment,
@@ -44,6 +46,7 @@ class SynthetixPerpsV2Plugin:
         self, session: Session, settings: RunSettings, env: Mapping[str, str], liquidator: str
     ) -> Wiring:
         d: SynthetixDeployment = session.deployment
+        uniswap = UniswapV3.configured(session.rpc, d.quoter_v2, d.swap_router, env)
         strategy = SynthetixPerpsV2(
             d,
             session.indexer,
@@ -55,14 +58,15 @@ class SynthetixPerpsV2Plugin:
                 max_fee_gwei=settings.max_fee_gwei,
                 susd_usd=settings.susd_usd,
             ),
-            UniswapV3.configured(session.rpc, d.quoter_v2, d.swap_router, env),
+            uniswap,
         )
+        strategies: list[Any] = [strategy, *_funds(session, env, liquidator, uniswap, settings, strategy)]
 
         async def nothing_to_close() -> None:
             return None
 
         return Wiring(
-            [strategy],
+            strategies,
             {m.proxy.lower(): m.key for m in d.markets},
             lambda: len(session.indexer.known),
             lambda keeper: warn_low_gas(session.rpc, keeper),
@@ -82,6 +86,33 @@ class SynthetixPerpsV2Plugin:
 
 
 PLUGIN = SynthetixPerpsV2Plugin()
+
+
+def _funds(
+    session: Session,
+    env: Mapping[str, str],
+    keeper: str,
+    uniswap: UniswapV3,
+    settings: RunSettings,
+    strategy: SynthetixPerpsV2,
+) -> list[SynthetixFunds]:
+    """The sUSD conversion, last in rank, when KEEPER_SUSD_CONVERT_ABOVE is set."""
+    chosen = funds.funds_settings(env)
+    if chosen.gas is not None or chosen.vault is not None:
+        name = "KEEPER_GAS_TOPUP_FLOOR_ETH" if chosen.gas is not None else "KEEPER_VAULT_TARGET_USDC"
+        raise SettingError(f"{name}: Perp v2 only (Synthetix Perps V2 has no Vault, its metadata no WETH9)")
+    d: SynthetixDeployment = session.deployment
+    if chosen.susd is None:
+        return []
+    if d.usdc is None:
+        raise SettingError("KEEPER_SUSD_CONVERT_ABOVE: the metadata names no USDC to convert sUSD to")
+    ledger = funds.Ledger(lambda: session.store.journal_rows(sender=keeper.lower()))
+    rpc, read, bps = session.rpc, session.read, settings.slippage_bps
+    return [
+        SynthetixFunds(
+            d.susd, d.usdc, rpc, read, [uniswap], chosen.susd, keeper, ledger, bps, strategy.explain
+        )
+    ]
 
 
 async def open_session(
