@@ -42,7 +42,11 @@ async def main(args: Any) -> int:
     rpc_url, metadata, state_db = connection_settings(args)
     plugin = registry.select(args.protocol, metadata, os.environ)
     signer, liquidator = _identity(args, settings)
-    audit = AuditLog(args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"))
+    audit = AuditLog(
+        args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"),
+        max_bytes=settings.audit_max_bytes,
+        backups=settings.audit_backups,
+    )
     try:
         session = await open_session(plugin, rpc_url, metadata, state_db, progress=True)
     except BaseException:
