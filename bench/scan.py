@@ -13,6 +13,9 @@ proxy that adds --rtt-ms per HTTP request between the reader and anvil, and meas
   positions; per tick the keeper's HTTP requests and seconds, and `missed`: accounts that became
   liquidatable at that block (checked with the contracts' views for every account, off the clock) but
   that the keeper's picture of that block did not flag.
+
+It also reports the disk the node used: anvil's state folder at its largest (0: every anvil the project
+starts keeps its recent states in memory only, devnet/anvil.py) and the size of the cached state dump.
 """
 
 from __future__ import annotations
@@ -284,7 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             driver = Driver(anvil.url, d)
             before = await truth(direct, d, accounts, chain.w3.eth.block_number)
             per_block: list[tuple[int, float, UpdateStats]] = []
-            missed = became = 0
+            missed = became = disk_peak = 0
             for k in range(args.blocks):
                 await asyncio.to_thread(tick, builder, driver, k, args.accounts)
                 proxy.reset()
@@ -297,6 +300,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     a for a, acc in snapshot.accounts.items() if acc.liquidatable or acc.vault_liquidatable
                 }
                 new = now - before
+                disk_peak = max(disk_peak, anvil.disk_bytes())
                 became += len(new)
                 missed += len(new - flagged)
                 before = now
@@ -323,6 +327,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "blocks": len(per_block),
         "became_liquidatable": became,
         "missed": missed,
+        "anvil_disk_bytes": disk_peak,  # the node's state folder at its largest (history is pruned)
+        "state_dump_bytes": (cache / "state.json").stat().st_size,
     }
 
 
@@ -345,6 +351,10 @@ def report(r: dict[str, Any]) -> None:
     blocks = f"   median over {r['blocks']} blocks"
     print(f"{'per block':<22}{r['block_requests']:>15}{r['block_seconds']:>12.3f}{blocks}")
     print(f"became liquidatable {r['became_liquidatable']}, missed {r['missed']}")
+    print(
+        f"disk: anvil's state folder at most {r['anvil_disk_bytes'] / 1e6:,.1f} MB during the run, "
+        f"the cached state dump {r['state_dump_bytes'] / 1e6:,.1f} MB"
+    )
 
 
 def main() -> None:

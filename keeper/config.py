@@ -16,6 +16,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
 
+from keeper.audit import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES
 from keeper.errors import SettingError
 
 X18 = 10**18
@@ -38,6 +39,8 @@ class RunSettings:
     gas_budget: int | None = None  # gas units sent per block; None: half the block's gas limit
     shutdown_grace: float = 20.0  # seconds SIGTERM keeps following what is in flight
     max_in_flight: int | None = None  # plans in flight at once; None: as many as the gas budget allows
+    audit_max_bytes: int = DEFAULT_MAX_BYTES  # the audit log rotates past this size
+    audit_backups: int = DEFAULT_BACKUPS  # rotated audit files kept (audit.jsonl.1 ... .N)
 
 
 def load_dotenv(path: Path = Path(".env"), env: dict[str, str] | None = None) -> int:
@@ -132,6 +135,9 @@ def run_settings(env: Mapping[str, str] | None = None, dry_run_flag: bool = Fals
         gas_budget=integer(env, "KEEPER_GAS_BUDGET", None, low=21_000, high=10**10),
         shutdown_grace=float(integer(env, "KEEPER_SHUTDOWN_GRACE_SECONDS", 20, low=0, high=3_600) or 0),
         max_in_flight=integer(env, "KEEPER_MAX_IN_FLIGHT", None, low=1, high=10_000),
+        audit_max_bytes=integer(env, "KEEPER_AUDIT_MAX_BYTES", DEFAULT_MAX_BYTES, low=10_000, high=10**13)
+        or DEFAULT_MAX_BYTES,
+        audit_backups=integer(env, "KEEPER_AUDIT_BACKUPS", DEFAULT_BACKUPS, low=0, high=1_000) or 0,
     )
 
 

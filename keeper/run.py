@@ -39,6 +39,7 @@ from keeper.tx import TxManager
 
 log = logging.getLogger(__name__)
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+DRY_RUN_LIQUIDATOR = ZERO_ADDRESS  # who a dry-run without --from plans for (documented in README)
 
 
 async def main(args: Any) -> int:
@@ -48,7 +49,11 @@ async def main(args: Any) -> int:
     rpc_url, metadata, state_db = connection_settings(args)
     plugin = registry.select(args.protocol, metadata, os.environ)
     signer, liquidator = _identity(args, settings)
-    audit = AuditLog(args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"))
+    audit = AuditLog(
+        args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"),
+        max_bytes=settings.audit_max_bytes,
+        backups=settings.audit_backups,
+    )
     try:
         session = await open_session(plugin, rpc_url, metadata, state_db, progress=True)
     except BaseException:
@@ -145,20 +150,23 @@ async def leasing(lease: LeaseKeeper | None) -> AsyncIterator[None]:
 
 
 def _identity(args: Any, settings: config.RunSettings) -> tuple[LocalAccount | None, str]:
-    """The signer (live) and the liquidator address plans are made for."""
-    signer = None if settings.dry_run else config.signer()
-    if not settings.dry_run and signer is None:
+    """The signer (live) and the liquidator address plans are made for.
+
+    A dry-run reads no key at all, whatever the environment holds: it plans for `--from`, else for
+    `DRY_RUN_LIQUIDATOR` (the zero address), so an auditor's run can never load or decrypt a secret.
+    """
+    if settings.dry_run:
+        if args.from_address:
+            return None, config.address(args.from_address, "--from")
+        return None, DRY_RUN_LIQUIDATOR
+    if args.from_address:
+        raise SettingError("--from: only with --dry-run (live, the key decides the liquidator)")
+    signer = config.signer()
+    if signer is None:
         raise SettingError(
             "no key: set KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE (or use --dry-run)"
         )
-    if args.from_address and not settings.dry_run:
-        raise SettingError("--from: only with --dry-run (live, the key decides the liquidator)")
-    if signer is not None:
-        return signer, signer.address
-    if args.from_address:
-        return None, config.address(args.from_address, "--from")
-    key_owner = config.signer()  # a dry-run may still be told who it would be
-    return None, key_owner.address if key_owner else ZERO_ADDRESS
+    return signer, signer.address
 
 
 async def _serve(
