@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ async def connect(
     rpc = Rpc(check_rpc_url(rpc_url), timeout=rpc_timeout())
     try:
         await check_chain(rpc, chain_id, metadata_path)
-        code = await rpc.request("eth_getCode", [anchor, "latest"])
+        code = await patiently(lambda: rpc.request("eth_getCode", [anchor, "latest"]))
         if code in (None, "0x", ""):
             raise SettingError(f"--metadata: no contract at {anchor_name} {anchor} on {redact(rpc_url)}")
         store = open_store(state_db)
@@ -101,13 +101,18 @@ async def connect(
 
 
 async def answering_chain_id(rpc: Rpc, patience: float = STARTUP_PATIENCE_SECONDS) -> int:
-    """The chain id, once some endpoint answers. A busy provider (HTTP 429/5xx, rate-limit codes,
+    """The chain id, once some endpoint answers (`patiently`)."""
+    return int(await patiently(rpc.chain_id, patience))
+
+
+async def patiently(ask: Callable[[], Awaitable[Any]], patience: float = STARTUP_PATIENCE_SECONDS) -> Any:
+    """A start-up read, once some endpoint answers. A busy provider (HTTP 429/5xx, rate-limit codes,
     transient errors) is waited out for up to `patience` seconds, then `RpcBusyError` (exit 1); an
     endpoint list none of which can be reached raises `RpcUnavailableError` (exit 2) after the retries."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            return await rpc.chain_id()
+            return await ask()
         except RpcError as exc:
             busy = isinstance(exc, RpcBusyError) or is_transient(exc)
             remaining = deadline - time.monotonic()
