@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from keeper import records
+from keeper import preflight, records
 from keeper.audit import AuditLog
 from keeper.errors import error_kind
 from keeper.flights import Flight, Flights, Result
@@ -207,6 +207,12 @@ class Engine:
                 self._failed(flight.result, flight.strategy, flight.plan.opportunity, "send", exc)
             return
         for flight, ready in zip(flights, prepared, strict=True):
+            if not isinstance(ready, TxOutcome):
+                priced = preflight.capped(ready, flight.plan.gas_ceiling_wei)
+                if isinstance(priced, str):
+                    flight.result.reason = priced
+                    continue
+                ready = priced
             try:
                 sent = [ready] if isinstance(ready, TxOutcome) else await tx.dispatch_all(ready)
             except Exception as exc:

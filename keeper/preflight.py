@@ -10,12 +10,13 @@ sending one step a block, each simulated alone with `eth_call` just before.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from keeper import gas
 from keeper.codec import decode_revert
 from keeper.errors import RpcError
-from keeper.receipts import TxRequest, revert_reason
+from keeper.receipts import Prepared, TxRequest, revert_reason
 from keeper.rpc import BlockId, Rpc
 
 UNSUPPORTED = (-32601, -32600)  # method not found / invalid request: no eth_simulateV1 here
@@ -110,3 +111,20 @@ async def prove_batch(
             return gas, failed
         alive = [i for i in alive if i not in failed]
     return {i: gas[i] for i in alive}, failed  # the last round's survivors, proven as they then stood
+
+
+def capped(prepared: Sequence[Prepared], ceiling_wei: int | None) -> list[Prepared] | str:
+    """A plan's transactions priced so their gas together costs at most `ceiling_wei` (a plan never
+    spends more on gas than it earns): each step's max fee cut to ceiling / the plan's gas limits, and
+    kept there by every replacement. The reason it cannot go, when that is below the base fee."""
+    if ceiling_wei is None:
+        return list(prepared)
+    limits = sum(p.gas_limit for p in prepared)
+    cap = ceiling_wei // limits if limits else 0
+    base_fee = max(0, (prepared[0].max_fee - prepared[0].tip) // 2) if prepared else 0
+    if cap <= base_fee:
+        return (
+            f"gas ceiling: what it earns pays {cap:,} wei per gas over {limits:,} gas, "
+            f"the base fee is {base_fee:,}"
+        )
+    return [replace(p, max_fee=min(p.max_fee, cap), tip=min(p.tip, cap), fee_cap=cap) for p in prepared]

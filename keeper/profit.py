@@ -149,3 +149,10 @@ def usd_text(x18: int) -> str:
     sign = "-" if x18 < 0 else ""
     cents = abs(x18) // 10**16
     return f"{sign}{cents // 100:,}.{cents % 100:02d} USD"
+
+
+def gas_ceiling_wei(estimate: Estimate, eth_usd: int) -> int:
+    """The most wei a plan may spend on L2 gas and still not lose money: what it earns (reward, sale
+    value, less the unwind and the L1 fees, which the fee per gas does not change), in wei."""
+    margin = estimate.reward.capped + estimate.swap_value - estimate.unwind_cost - estimate.l1_cost
+    return max(0, margin) * X18 // eth_usd if eth_usd > 0 else 0

@@ -45,6 +45,7 @@ class Prepared:
     gas_limit: int
     max_fee: int
     tip: int
+    fee_cap: int | None = None  # the most wei per gas this plan may ever pay (its gas ceiling)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Pending:
     outcome: TxOutcome | None = None
     restored: bool = False  # from the journal after a restart: re-broadcast as is, never re-signed
     unseen: int = 0  # polls in a row that found its nonce used and no receipt of ours
+    fee_cap: int | None = None  # replacements never raise the max fee above it
 
 
 def revert_reason(error: RpcError) -> str:

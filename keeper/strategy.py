@@ -67,7 +67,8 @@ class Plan(Generic[O]):
     `size` is what the plan liquidates (a position's base size, or collateral units); `reward` the
     liquidation's reward before and after each cap (USD, 18 decimals), for stages that earn one;
     `capital` what it needs of a resource the keeper holds, `(name, required, available at the head)`,
-    so the engine can count what plans in flight have already committed.
+    so the engine can count what plans in flight have already committed; `gas_ceiling_wei` the most
+    its transactions may spend on gas together, replacements included (by default what it earns).
     """
 
     opportunity: O
@@ -81,6 +82,7 @@ class Plan(Generic[O]):
     estimate: Estimate | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     capital: tuple[str, int, int] | None = None
+    gas_ceiling_wei: int | None = None  # the most this plan may spend on gas (None: no ceiling)
 
     @property
     def earns(self) -> bool:

@@ -195,6 +195,7 @@ class TxManager:
         pending = Pending(
             request, nonce, prepared.gas_limit, prepared.max_fee, prepared.tip, [], b"", head, self.clock()
         )
+        pending.fee_cap = prepared.fee_cap
         try:
             await self._sign_and_broadcast(pending)
         except (RpcUnavailableError, RpcMalformedError) as exc:
@@ -361,7 +362,10 @@ class TxManager:
 
     async def _replace(self, p: Pending, head: int) -> None:
         bumped_fee = p.max_fee * (10_000 + BUMP_BPS) // 10_000 + 1
-        ceiling = None if self.max_fee_gwei is None else self.max_fee_gwei * gas.GWEI
+        caps = [
+            c for c in (p.fee_cap, None if self.max_fee_gwei is None else self.max_fee_gwei * gas.GWEI) if c
+        ]
+        ceiling = min(caps) if caps else None
         p.sent_block = head
         if (
             p.restored

@@ -163,6 +163,7 @@ class PerpV2Collateral:
         costs, _ = await gas.tx_costs(self.rpc, [(s.gas, len(s.data)) for s in plan.steps] + sale_txs, price)
         plan.estimate = profit.estimate(plan.reward, costs, eth_usd.one(), self.settings.min_profit)
         plan.execute, plan.reason = plan.estimate.profitable, plan.estimate.reason
+        plan.gas_ceiling_wei = profit.gas_ceiling_wei(plan.estimate, eth_usd.one())
         plan.detail.update(
             gas_cost=plan.estimate.gas_cost, l1_cost=plan.estimate.l1_cost, profit=plan.estimate.profit
         )

@@ -165,6 +165,7 @@ class PerpV2Positions:
             plan.reward, costs, v.eth_usd, self.settings.min_profit, unwind_cost=unwind
         )
         plan.execute, plan.reason = plan.estimate.profitable, plan.estimate.reason
+        plan.gas_ceiling_wei = profit.gas_ceiling_wei(plan.estimate, v.eth_usd)
         plan.detail.update(
             unwind_note=note,
             gas_units=sum(c.gas for c in costs),

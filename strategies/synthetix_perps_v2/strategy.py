@@ -201,6 +201,7 @@ class SynthetixPerpsV2:
         eth_usd = int(plan.detail["eth_usd"])
         plan.estimate = profit.estimate(plan.reward, costs, eth_usd, self.settings.min_profit)
         plan.execute, plan.reason = plan.estimate.profitable, plan.estimate.reason
+        plan.gas_ceiling_wei = profit.gas_ceiling_wei(plan.estimate, eth_usd)
         plan.detail.update(
             gas_units=sum(c.gas for c in costs),
             gas_price_wei=gas_price.effective,
