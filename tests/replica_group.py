@@ -7,13 +7,14 @@ in `pg_stat_activity` and it alone can be cut off from the database, and writes 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -126,15 +127,26 @@ def wait_for(what: str, predicate: Callable[[], object], within: float) -> float
     raise AssertionError(f"not within {within} s: {what}")
 
 
-def duplicates(db_url: str) -> int:
-    """Mined transactions of a step signed while another of that step, at another nonce, was still
-    pending: the same liquidation sent twice. (A step key recurs legitimately once the last one is
-    mined: partial rounds and closes in chunks are planned again at a later head.)"""
-    with closing(PgStore(db_url)) as store, store._transaction() as cur:
-        cur.execute(
-            "SELECT count(*) FROM journal a JOIN journal b ON a.step = b.step AND a.nonce <> b.nonce "
-            "AND a.id < b.id AND b.created_at < a.updated_at "
-            "WHERE a.status IN ('mined', 'reverted') AND b.status IN ('mined', 'reverted')"
-        )
-        row = cur.fetchone()
-    return int(row[0]) if row else 0
+def duplicates(db_url: str, audits: Sequence[Path]) -> int:
+    """Mined transactions of a step signed while another of that step, at another nonce, was not yet
+    known to be mined: the same liquidation sent twice. (A step key recurs legitimately once the last
+    one is mined: partial rounds and closes in chunks are planned again at a later head.) "Known to be
+    mined" is the first `outcome` record of it in any replica's audit trail: the row's `updated_at`
+    moves whenever a replica records the outcome again (a resumed ex-holder does)."""
+    first_mined: dict[str, float] = {}
+    for path in audits:
+        for line in path.read_text().splitlines() if path.exists() else []:
+            r = json.loads(line)
+            if r.get("action") == "outcome" and r.get("status") in ("mined", "reverted"):
+                first_mined[r["tx_hash"]] = min(r["time"], first_mined.get(r["tx_hash"], r["time"]))
+    with closing(PgStore(db_url)) as store:
+        rows = [r for r in store.journal_rows() if r["status"] in ("mined", "reverted")]
+    by_step: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    count = 0
+    for same in by_step.values():
+        for a, b in itertools.combinations(same, 2):  # journal order: a signed first
+            known = first_mined.get(a["tx_hash"], float("inf"))  # no outcome seen: count it
+            count += a["nonce"] != b["nonce"] and b["created_at"] < known
+    return count

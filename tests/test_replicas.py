@@ -70,7 +70,7 @@ def test_a_standby_takes_over_and_nothing_is_sent_twice(
         replicas.recover(0, fault)
     wait_for("every account liquidated", lambda: not liquidatable(devnet, tmp_path), 120)
     wait_for("nothing pending", lambda: not replicas.store.journal_rows(status="pending"), 60)
-    assert duplicates(pg_url) == 0
+    assert duplicates(pg_url, [replicas.audit_path(i) for i in range(3)]) == 0
     epochs = replicas.store.lease_history(LEASE)
     assert epochs[0][1].split(":")[1] == str(replicas.procs[0].pid)
     assert epochs[1][1].split(":")[1] in {str(p.pid) for p in replicas.procs[1:]}
