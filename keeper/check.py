@@ -19,11 +19,13 @@ from eth_abi.abi import decode
 from keeper import preflight
 from keeper.codec import encode_call
 from keeper.endpoints import MAX_LAG_BLOCKS, Sighting, verify_chain
-from keeper.errors import RpcError
+from keeper.errors import RpcError, StoreError
+from keeper.lease import Lease
 from keeper.protocol import Check, ProtocolPlugin
 from keeper.receipts import TxRequest
 from keeper.rpc import Rpc, redact
 from keeper.session import answering_chain_id, rpc_timeout
+from keeper.store_pg import open_store
 
 MIN_ETH_WEI = 10**16  # 0.01 ETH: a few hundred liquidations on Optimism
 
@@ -107,6 +109,41 @@ async def uint_view(rpc: Rpc, to: str, signature: str, *args: object) -> int:
     return int(value)
 
 
+def state_rows(target: Path | str) -> list[Check]:
+    """The state database (a redacted URL or the SQLite path), its schema version, and a row per lease:
+    who holds it, at which epoch, for how long. A SQLite file not made yet is not created here."""
+    if isinstance(target, Path) and not target.exists():
+        return [Check("state database", True, f"SQLite {target} (not created yet: made by scan or run)")]
+    try:
+        store = open_store(target)
+    except StoreError as exc:
+        return [Check("state database", False, str(exc))]
+    try:
+        rows = [Check("state database", True, f"{store.describe()}, schema version {store.schema_version()}")]
+        now = store.now()
+        rows += [Check(f"lease {lease.name}", True, lease_text(lease, now)) for lease in store.leases()]
+    except StoreError as exc:
+        rows = [Check("state database", False, str(exc))]
+    finally:
+        store.close()
+    return rows
+
+
+def lease_text(lease: Lease, now: float) -> str:
+    """Holder, epoch and age of a lease as `check` shows it (database clock)."""
+    if not lease.live(now):
+        how = (
+            "released"
+            if lease.expires_at <= lease.acquired_at
+            else f"lapsed {now - lease.expires_at:.1f} s ago"
+        )
+        return f"free: last held by {lease.holder} at epoch {lease.epoch}, {how}"
+    return (
+        f"held by {lease.holder} at epoch {lease.epoch} for {now - lease.acquired_at:.1f} s, "
+        f"renewed {now - lease.renewed_at:.1f} s ago"
+    )
+
+
 def write_table(checks: list[Check], out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up at call time: callers may redirect it
     width = max(len(c.name) for c in checks)
@@ -117,10 +154,17 @@ def write_table(checks: list[Check], out: TextIO | None = None) -> None:
 
 
 async def main(
-    plugin: ProtocolPlugin, rpc_url: str, metadata_path: Path, keeper: str | None, out: TextIO | None = None
+    plugin: ProtocolPlugin,
+    rpc_url: str,
+    metadata_path: Path,
+    keeper: str | None,
+    out: TextIO | None = None,
+    state: Path | str | None = None,
 ) -> int:
     deployment = plugin.load_metadata(metadata_path)
     async with Rpc(rpc_url, attempts=2, timeout=rpc_timeout()) as rpc:
         checks = await plugin.checks(rpc, deployment, keeper, os.environ)
+    if state is not None:
+        checks += state_rows(state)
     write_table(checks, out)
     return 0 if all(c.ok for c in checks) else 1

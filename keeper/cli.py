@@ -133,11 +133,12 @@ def _check(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         args.state_db = None
-        rpc_url, metadata, _ = connection_settings(args)
+        rpc_url, metadata, state = connection_settings(args)
         plugin = registry.described_by(metadata)
         signer = config.signer()
         keeper = config.address(args.from_address, "--from") if args.from_address else None
-        return await check.main(plugin, rpc_url, metadata, keeper or (signer.address if signer else None))
+        who = keeper or (signer.address if signer else None)
+        return await check.main(plugin, rpc_url, metadata, who, state=state)
 
     return guarded(run)
 

@@ -237,3 +237,35 @@ def _read(path: str, setting: str) -> str:
         return Path(path).read_text()
     except OSError as exc:
         raise SettingError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+
+
+def shard_count(env: Mapping[str, str] | None = None) -> int:
+    """KEEPER_SHARDS: how many signers split the accounts (1: one signer, the usual keys)."""
+    return integer(os.environ if env is None else env, "KEEPER_SHARDS", 1, low=1, high=64) or 1
+
+
+def shard_signers(env: Mapping[str, str] | None = None) -> list[LocalAccount]:
+    """One key per shard, in the usual key settings suffixed with the shard: KEEPER_PRIVATE_KEY_<i>,
+    KEEPER_PRIVATE_KEY_FILE_<i>, or KEEPER_KEYSTORE_<i> + KEEPER_KEYSTORE_PASSWORD_FILE_<i>. Two shards
+    on one key would contend for its nonces: refused."""
+    env = os.environ if env is None else env
+    names = (
+        "KEEPER_PRIVATE_KEY",
+        "KEEPER_PRIVATE_KEY_FILE",
+        "KEEPER_KEYSTORE",
+        "KEEPER_KEYSTORE_PASSWORD_FILE",
+    )
+    signers: list[LocalAccount] = []
+    for i in range(shard_count(env)):
+        try:
+            account = signer({name: env[f"{name}_{i}"] for name in names if f"{name}_{i}" in env})
+        except SettingError as exc:
+            raise SettingError(f"KEEPER_SHARDS: shard {i}: {exc}") from None
+        if account is None:
+            raise SettingError(
+                f"KEEPER_SHARDS: no key for shard {i}: set KEEPER_PRIVATE_KEY_{i} (or _FILE_{i})"
+            )
+        if any(s.address == account.address for s in signers):
+            raise SettingError(f"KEEPER_SHARDS: shard {i} has the key of another shard: one key per shard")
+        signers.append(account)
+    return signers

@@ -56,9 +56,11 @@ class Engine:
         poll_seconds: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
         gate: Callable[[], Awaitable[bool]] | None = None,
+        mine: Callable[[str], bool] | None = None,
     ) -> None:
         self.strategies, self.rpc, self.liquidator = strategies, rpc, liquidator
         self.gate = gate  # replicas: "may I send?" (keeper/lease.py Gate); a standby plans, never sends
+        self.mine = mine  # shards: which opportunities (by `exclusive`) this engine's signer takes
         self.audit, self.tx, self.metrics = audit, tx, metrics
         self.gas_budget, self.error_cooldown, self.clock = gas_budget, error_cooldown, clock
         self.max_in_flight = max_in_flight  # plans at once (1: one transaction at a time, the old way)
@@ -120,7 +122,7 @@ class Engine:
         candidates: list[tuple[Strategy[Any], Any]] = []
         for strategy in self.strategies:
             for op in await self._refresh(strategy, head):
-                if not op.liquidatable or op.exclusive in busy:
+                if not op.liquidatable or op.exclusive in busy or (self.mine and not self.mine(op.exclusive)):
                     continue  # makers not liquidatable yet (cancel only); what a plan in flight holds
                 busy.add(op.exclusive)  # one plan per account a head: the next waits for this one
                 if (cooling := self.cooling.get(op.key)) is not None:

@@ -92,3 +92,29 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh database for one test."""
     return pg_server.new_database()
+
+
+def replica_url(url: str, role: str) -> str:
+    """`url` as its own database role (created, a trust-authenticated superuser): each replica's
+    backends are then found in `pg_stat_activity` by user name, and it alone can be cut off."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+        if not exists:
+            conn.execute(f"CREATE ROLE {role} LOGIN SUPERUSER")
+    return url.replace(f"{SUPERUSER}@", f"{role}@", 1)
+
+
+def cut_off(url: str, role: str) -> int:
+    """The replica of `role` loses the database: its backends are terminated (`pg_terminate_backend`)
+    and it may not connect again until `restore`. How many backends were terminated."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {role} NOLOGIN")
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        ).fetchall()
+    return sum(1 for (done,) in rows if done)
+
+
+def restore(url: str, role: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER ROLE {role} LOGIN")
