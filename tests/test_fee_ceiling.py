@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keeper import preflight
-from keeper.profit import X18, GasPrice, cap_reward, estimate, tx_cost
+from keeper.profit import X18, GasPrice, cap_reward, estimate, gas_ceiling_wei, tx_cost
 from keeper.receipts import Prepared, TxRequest
 
 GWEI = 10**9
