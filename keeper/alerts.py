@@ -82,6 +82,8 @@ class Watch:
         """Engine hook: the largest capital a recent plan needed, and what the keeper held then."""
         if plan.stage == FUNDS:
             self._funds_planned(plan)
+        if plan.bad_debt:
+            self.facts.bad_debt[plan.opportunity.account] = plan.bad_debt
         if plan.capital is not None:
             name, need, held = plan.capital
             largest, _ = self.facts.capital.get(name, (0, 0))
@@ -124,6 +126,8 @@ class Watch:
                 st = self.facts.stuck.setdefault(r.key, Stuck(r.account, head, r.reason))
                 st.reason = reason_class(r.reason)
         self.facts.stuck = {k: v for k, v in self.facts.stuck.items() if k in seen}
+        accounts = {r.account for r in results}  # bad debt stays reported while its account is planned
+        self.facts.bad_debt = {a: v for a, v in self.facts.bad_debt.items() if a in accounts}
 
     def prune(self, window: float) -> None:
         now = time.monotonic()

@@ -23,6 +23,8 @@ def decision(strategy: str, plan: Plan[Any], tick: int, dry_run: bool) -> dict[s
     inputs: dict[str, Any] = {**plan.detail, "stage": plan.stage, "round": plan.round}
     if plan.earns:
         inputs["liquidatable_size"] = plan.size
+    if plan.bad_debt:
+        inputs["bad_debt"] = plan.bad_debt
     if plan.reward is not None:
         inputs.update(
             reward_gross=plan.reward.gross,

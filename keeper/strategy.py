@@ -83,6 +83,7 @@ class Plan(Generic[O]):
     detail: dict[str, Any] = field(default_factory=dict)
     capital: tuple[str, int, int] | None = None
     gas_ceiling_wei: int | None = None  # the most this plan may spend on gas (None: no ceiling)
+    bad_debt: int = 0  # USD x1e18 the account owes beyond its collateral: a loss someone absorbs
 
     @property
     def earns(self) -> bool:

@@ -329,3 +329,16 @@ async def test_run_sends_started_and_stopped_and_logs_no_webhook(
     assert "started (Perp v2, dry-run)" in texts[0]
     assert texts[1].endswith("stopped")
     assert SECRET not in log_file.read_text()
+
+
+def test_bad_debt_a_plan_reports_is_a_fact_while_its_account_is_planned() -> None:
+    watch = Watch(block_interval=2.0, max_replacements=3)
+    underwater = Plan(Op("0xdebt", 10**18), [], True, "profitable", bad_debt=7 * 10**18)
+    healthy = Plan(Op("0xfine", 10**18), [], True, "profitable")
+    watch.planned(underwater)
+    watch.planned(healthy)
+    assert watch.facts.bad_debt == {"0xdebt": 7 * 10**18}
+    watch.ticked(10, [Result("0xdebt", "taker", None, "sent", key="taker:0xdebt")])
+    assert watch.facts.bad_debt == {"0xdebt": 7 * 10**18}
+    watch.ticked(11, [])  # liquidated: no longer planned
+    assert watch.facts.bad_debt == {}

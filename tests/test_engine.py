@@ -155,6 +155,16 @@ def test_dry_run_sends_nothing_and_records_every_liquidatable_account(
             assert "account_value" in record["inputs"]
             assert record["steps"][0]["calldata"].startswith("0x")
     assert any(r["event"] == "simulation" for r in records)
+    # the account under water is reported with its bad debt (what the insurance fund absorbs), exactly
+    underwater = {
+        labels[r["account"]]: r["inputs"]
+        for r in records
+        if r["event"] == "decision" and r["inputs"].get("bad_debt")
+    }
+    assert "eth-long-8x-bad-debt" in underwater
+    inputs = underwater["eth-long-8x-bad-debt"]
+    assert inputs["account_value"] < 0
+    assert inputs["bad_debt"] == -inputs["account_value"]
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,7 @@ class PerpV2Positions:
             op, steps, False, "", LIQUIDATE, round_, liquidated, reward, None, _detail(v, self.settings)
         )
         plan.detail.update(notional=notional, penalty=penalty)
+        plan.bad_debt = max(0, -v.account_value)  # a negative account value: the insurance fund pays
         if v.account_value >= v.requirement:
             return plan.skip("not liquidatable: account value >= maintenance requirement (CH_EAV)")
         if liquidated == 0:
