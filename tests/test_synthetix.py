@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -309,3 +310,28 @@ def test_check_passes_on_the_synthetix_devnet(
     assert code == 0, out
     assert "sUSD quote" in out
     assert "not endorsed" in out
+
+
+async def test_per_block_reads_follow_the_open_positions_not_every_pair_ever_seen(
+    snx: up.SynthetixDevnet,
+    snx_chain: DevChain,
+    strategy: SynthetixPerpsV2,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await strategy.refresh()  # the first head reads every pair it knows
+    first = strategy.tiers.read_last
+    assert first == len(strategy.tiers.known) > 0
+    monkeypatch.setenv("KEEPER_PRIVATE_KEY", KEEPER_KEY)
+    state = tmp_path / "run.sqlite"
+    code, out = await asyncio.to_thread(run_once, snx.url, snx.metadata_path, state)  # liquidates some
+    assert code == 0, out
+    snx_chain.rpc("evm_mine")
+    await strategy.refresh()  # the liquidations logged: dirty pairs are read once more, found closed
+    closed = set(strategy.tiers.closed)
+    assert closed, "liquidated positions are closed pairs now"
+    snx_chain.rpc("evm_mine")
+    await strategy.refresh()  # nothing logged: only the open positions (and a sweep slice) are read
+    assert strategy.tiers.read_last <= len(strategy.tiers.open) + 1
+    assert strategy.tiers.read_last < len(strategy.tiers.known)
+    assert {(p.market, p.account) for p in strategy.opportunities()} == strategy.tiers.open

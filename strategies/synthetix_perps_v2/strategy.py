@@ -30,6 +30,7 @@ from keeper.rpc import BlockHeader, Rpc
 from keeper.strategy import Plan, Step
 from strategies.synthetix_perps_v2 import fees
 from strategies.synthetix_perps_v2.metadata import SynthetixDeployment
+from strategies.synthetix_perps_v2.tiers import Tiers, pair_of
 from strategies.synthetix_perps_v2.views import (
     POSITION_MODIFIED,
     MarketState,
@@ -96,6 +97,7 @@ class SynthetixPerpsV2:
         self.params: dict[str, fees.FeeParams] | None = None
         self.markets: dict[str, MarketState] = {}
         self.positions: list[Position] = []
+        self.tiers = Tiers()
         self._usdc_decimals: int | None = None
 
     # --- the picture of the chain ---------------------------------------------------------------------
@@ -106,8 +108,12 @@ class SynthetixPerpsV2:
             self.params = await read_parameters(self.read, self.d, block)
             log.info("synthetix parameters read at block %d", block, extra={"block": block})
         self.markets = await read_markets(self.read, self.d, self.params, block)
-        pairs = sorted((k.split(":", 1)[0], k.split(":", 1)[1]) for k in self.indexer.known if ":" in k)
-        self.positions = await read_positions(self.read, self.markets, pairs, block)
+        known = [pair_of(k) for k in self.indexer.known if ":" in k]
+        dirty = [pair_of(k) for k in synced.touched | synced.new_accounts if ":" in k]
+        pairs = self.tiers.to_read(known, dirty)  # open positions, what the logs touched, a sweep
+        fresh = await read_positions(self.read, self.markets, pairs, block)
+        self.tiers.update(pairs, [(p.market, p.account) for p in fresh])
+        self.positions = fresh  # every open position was read: the tiers read them all, every block
 
     def opportunities(self) -> list[Position]:
         return sorted(self.positions, key=lambda p: (-p.notional, p.market, p.account))
