@@ -1,9 +1,9 @@
-"""Crash speed on the real contracts, one block a second: many liquidations per block, `kill -9`, a
+"""Crash speed on the real contracts, 2-second blocks: many liquidations per block, `kill -9`, a
 lost send.
 
 The crash devnet (devnet/crash.py) is built once for the module: 20 takers long vETH at 8x that all
 become liquidatable in the same block after one price move, a maker whose orders the crash fills and
-a WETH-collateral account. Each test loads its dump into its own anvil mining a block every second
+a WETH-collateral account. Each test loads its dump into its own anvil mining a block every 2 seconds
 and runs the keeper as an operator does: `perp-keeper run`, live, in a subprocess (the lost-send test
 runs `run --once` in process, behind the fault proxy).
 """
@@ -37,7 +37,7 @@ from tests.helpers import run_once
 pytestmark = pytest.mark.chain
 
 ACCOUNTS = 20
-BLOCK_TIME = 1
+BLOCK_TIME = 2  # as an operator runs it on Optimism
 WITHIN_BLOCKS = 3
 CANCEL_SELECTOR = "0xcc3606dc"
 T = TypeVar("T")
