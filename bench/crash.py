@@ -1,6 +1,6 @@
 """Liquidations at crash speed: N accounts liquidatable in the same block, the keeper running live.
 
-    python bench/crash.py [--accounts 50] [--block-time 2] [--timeout 900] [--ws] [--verbose] [--json]
+    python bench/crash.py [--accounts 50] [--block-time 2] [--timeout 900] [--ws] [--json]
 
 Builds the crash devnet (devnet/crash.py: N takers long vETH at 8x, deep liquidity, the keeper
 funded), then twice from the same state dump, each on a fresh anvil mining a block every
@@ -16,7 +16,8 @@ the keeper liquidated it (PositionLiquidated); then reaction median / p90 / max 
 until all are liquidated, the keeper's transactions per block, inherited positions closed, what it
 still holds, and the disk anvil used (its --cache-path). The targets: median reaction <= 1 block;
 every account liquidated within ceil(N x liquidation gas / block gas limit) + 1 blocks (the gas
-measured from the keeper's receipts); at least 10x fewer blocks to clear than the serial baseline.
+measured from the keeper's receipts); at N >= 50, at least 10x fewer blocks to clear than the serial
+baseline; and, checked first, that all N became liquidatable at the crash block and none before.
 Exit status 1 when a target is missed. With --json the last line is one JSON object.
 """
 
@@ -39,6 +40,7 @@ from devnet import crash, toolchain
 from devnet.crash import CrashNet, KeeperTx, Liquidation
 
 POLL_SECONDS = 0.1
+TEN_X_FROM = 50  # accounts
 
 
 @dataclass
@@ -83,6 +85,7 @@ class Run:
         per_block = Counter(t.block for t in self.txs)
         return {
             "liquidatable": len(self.crossed),
+            "liquidatable_blocks": sorted(set(self.crossed.values())),  # [crash block]: all in one
             "liquidated": sum(1 for t in takers if t in by_trader),
             "reaction_median_blocks": statistics.median(reactions) if reactions else None,
             "reaction_p90_blocks": _p90(reactions),
@@ -217,16 +220,15 @@ def blocks_table(run: Run) -> list[str]:
     return lines
 
 
-def report(result: dict[str, Any], runs: list[Run], verbose: bool) -> None:
+def report(result: dict[str, Any], runs: list[Run]) -> None:
     for run in runs:
         print(f"\n{run.name}: crash at block {run.crash_block}")
-        if verbose:
-            print(f"  {'account':<42} {'liquidatable':>12} {'liquidated':>10} {'rounds':>6} {'reaction':>8}")
-            for row in run.per_account:
-                print(
-                    f"  {row['account']:<42} {row['liquidatable_block'] or '-':>12} "
-                    f"{row['liquidated_block'] or '-':>10} {row['rounds']:>6} {row['reaction_blocks']!s:>8}"
-                )
+        print(f"  {'account':<42} {'liquidatable':>12} {'liquidated':>10} {'rounds':>6} {'reaction':>8}")
+        for row in run.per_account:
+            print(
+                f"  {row['account']:<42} {row['liquidatable_block'] or '-':>12} "
+                f"{row['liquidated_block'] or '-':>10} {row['rounds']:>6} {row['reaction_blocks']!s:>8}"
+            )
         print("\n".join(blocks_table(run)))
     s, p = result["serial"], result
     print(
@@ -250,6 +252,7 @@ def report(result: dict[str, Any], runs: list[Run], verbose: bool) -> None:
         print(f"{label:<38}{p[key]!s:>12}{s[key]!s:>12}")
     print(f"{'held after':<38}{json.dumps(p['held_after'])}  /  {json.dumps(s['held_after'])}")
     print(f"liquidation gas {p['liquidation_gas']:,}: bound {p['bound_blocks']} blocks")
+    print(f"serial / pipelined blocks to clear: {p['serial_over_pipelined']}x")
     for target, ok in result["targets"].items():
         print(f"  {'met   ' if ok else 'MISSED'} {target}")
 
@@ -265,20 +268,25 @@ def summarise(n: int, block_time: int, pipelined: Run, serial: Run) -> dict[str,
         **p,
         "bound_blocks": bound,
         "serial_blocks_to_clear": s["blocks_to_clear"],
+        "per_account": pipelined.per_account,
         "serial": s,
     }
     clear, serial_clear = p["blocks_to_clear"], s["blocks_to_clear"]
     result["targets"] = {
+        f"all {n} liquidatable at the crash block, none before": p["liquidatable"] == n
+        and p["liquidatable_blocks"] == [pipelined.crash_block],
         "median reaction <= 1 block": p["reaction_median_blocks"] is not None
         and p["reaction_median_blocks"] <= 1,
         f"every account liquidated within {bound} blocks": clear is not None
         and p["liquidated"] == n
         and (p["cleared_max_blocks"] or 0) <= bound,
-        "10x fewer blocks to clear than serial": clear is not None
-        and serial_clear is not None
-        and serial_clear >= 10 * clear,
         "nothing held after": not p["held_after"]["positions"] and not p["held_after"]["collateral"],
     }
+    result["serial_over_pipelined"] = round(serial_clear / clear, 1) if clear and serial_clear else None
+    if n >= TEN_X_FROM:  # the issue sets it at N = 50: a handful of accounts cannot show 10x
+        result["targets"]["10x fewer blocks to clear than serial"] = (
+            result["serial_over_pipelined"] is not None and result["serial_over_pipelined"] >= 10
+        )
     return result
 
 
@@ -289,7 +297,6 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     parser.add_argument("--ws", action="store_true", help="heads over WebSocket, not HTTP polling")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--verbose", action="store_true", help="a row per account")
     args = parser.parse_args()
     toolchain.ensure()
     with tempfile.TemporaryDirectory(prefix="bench-crash-") as tmp:
@@ -301,7 +308,7 @@ def main() -> None:
         serial = measure(built, Path(tmp) / "serial", "serial baseline", args, KEEPER_MAX_IN_FLIGHT="1")
     result = summarise(args.accounts, args.block_time, pipelined, serial)
     result["heads"] = "websocket" if args.ws else "http-polling"
-    report(result, [pipelined, serial], args.verbose)
+    report(result, [pipelined, serial])
     if args.json:
         print(json.dumps(result))
     sys.exit(0 if all(result["targets"].values()) else 1)
