@@ -193,12 +193,21 @@ def test_a_keeper_killed_right_after_it_broadcasts_sends_nothing_twice_and_ends_
     liquidated = {x.tx_hash for x in crash.liquidations(net, crossed, head)}
     assert {t.tx_hash for t in txs if t.kind == "liquidate"} <= liquidated
     assert [t for t in txs if not t.ok] == []
-    # what was pending at the kill was mined once, never signed again under another nonce
+    # what was pending at the kill was mined (or replaced at its nonce), and its step was not signed
+    # under another nonce before that outcome was known
     rows = journal(state_db)
     by_hash = {r["tx_hash"]: r for r in rows}
     for tx_hash, entry in pending.items():
-        assert {r["nonce"] for r in rows if r["step"] == entry["step"]} == {entry["nonce"]}, entry["step"]
+        settled_at = by_hash[tx_hash]["updated_at"]
         assert by_hash[tx_hash]["status"] in ("mined", "replaced"), by_hash[tx_hash]
+        at_nonce = [r["step"] for r in rows if r["nonce"] == entry["nonce"] and r["status"] == "mined"]
+        assert at_nonce == [entry["step"]]  # its nonce went to it (or its replacement), no other step
+        again = [
+            r
+            for r in rows
+            if r["step"] == entry["step"] and r["nonce"] != entry["nonce"] and r["created_at"] < settled_at
+        ]
+        assert again == [], entry["step"]
     # a step signed again at a new nonce only once the earlier one had an outcome
     for step in {r["step"] for r in rows}:
         signed = sorted((r for r in rows if r["step"] == step), key=lambda r: r["created_at"])
