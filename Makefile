@@ -71,6 +71,7 @@ chain: setup
 bench: setup
 	$(BIN)/python bench/devnet_startup.py
 	$(BIN)/python bench/scan.py --accounts 10000 --rtt-ms 20
+	$(BIN)/python bench/crash.py --accounts 50
 
 clean:
 	rm -rf $(VENV) .cache state .mypy_cache .ruff_cache .pytest_cache
