@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from keeper import preflight, records
+from keeper import gas, preflight, records
 from keeper.audit import AuditLog
 from keeper.errors import error_kind
 from keeper.flights import Flight, Flights, Result
@@ -79,6 +79,13 @@ class Engine:
     async def tick(self, head: BlockHeader | None = None) -> list[Result]:
         self.ticks += 1
         head = head or await self.rpc.header("latest")
+        at_head = gas.HEAD.set(head.number)  # every plan of this head shares its gas prices
+        try:
+            return await self._tick(head)
+        finally:
+            gas.HEAD.reset(at_head)
+
+    async def _tick(self, head: BlockHeader) -> list[Result]:
         if self.metrics is not None:
             self.metrics.ticked(head.timestamp)  # a tick under way is alive; a stuck one ages out
         self._prune_cooling()
@@ -173,10 +180,11 @@ class Engine:
                     f"{self.max_in_flight} plan(s) in flight already (KEEPER_MAX_IN_FLIGHT): next head"
                 )
                 continue
-            if budget is not None and used + plan.steps[0].gas > budget:
+            cost = sum(step.gas for step in plan.steps)  # a plan's steps land in one block
+            if budget is not None and used + cost > budget:
                 result.reason = f"this block's gas budget is used ({used:,} of {budget:,}): next head"
                 continue
-            used += plan.steps[0].gas
+            used += cost
             accepted.append((strategy, plan, result))
         if self.tx is None:
             for strategy, plan, result in accepted:

@@ -2,13 +2,20 @@
 
 The `GasPriceOracle` predeploy (0x42…0F) is absent on anvil, even with `--optimism`, and on non-OP
 chains: then the L1 fee is 0 and `l1_note` says why, so a profit decision can show it.
+
+Within one head (`HEAD`, set by the engine for its tick) every plan sees the same prices: each is
+asked of the node once per head, however many plans are priced at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 from eth_abi.abi import decode
 
@@ -21,6 +28,27 @@ log = logging.getLogger(__name__)
 LOW_ETH_WEI = 10**16  # 0.01 ETH
 GAS_PRICE_ORACLE = "0x420000000000000000000000000000000000000F"
 GWEI = 10**9
+HEAD: ContextVar[int | None] = ContextVar("keeper_head", default=None)  # the head being planned at
+T = TypeVar("T")
+_per_head: WeakKeyDictionary[Rpc, dict[tuple[Any, ...], asyncio.Future[Any]]] = WeakKeyDictionary()
+
+
+async def once_per_head(rpc: Rpc, key: tuple[Any, ...], ask: Callable[[], Awaitable[T]]) -> T:
+    """`ask()`, shared by every caller at the same head (outside a head, asked every time)."""
+    head = HEAD.get()
+    if head is None:
+        return await ask()
+    cache = _per_head.setdefault(rpc, {})
+    if any(k[0] != head for k in cache):
+        cache.clear()  # a new head: yesterday's prices are gone
+    future = cache.get((head, *key))
+    if future is None:
+        future = cache[(head, *key)] = asyncio.ensure_future(ask())
+    try:
+        return await asyncio.shield(future)
+    except Exception:
+        cache.pop((head, *key), None)  # a failure is not remembered
+        raise
 
 
 @dataclass(frozen=True)
@@ -31,6 +59,10 @@ class L1Fee:
 
 async def gas_price(rpc: Rpc, max_fee_gwei: int | None = None) -> GasPrice:
     """The pending block's base fee and the node's suggested tip, under the operator's ceiling."""
+    return await once_per_head(rpc, ("gas_price", max_fee_gwei), lambda: _gas_price(rpc, max_fee_gwei))
+
+
+async def _gas_price(rpc: Rpc, max_fee_gwei: int | None) -> GasPrice:
     answers = await rpc.batch(
         [("eth_getBlockByNumber", ["pending", False]), ("eth_maxPriorityFeePerGas", [])]
     )
@@ -63,7 +95,9 @@ async def l1_fees(rpc: Rpc, unsigned_sizes: Sequence[int], block: BlockId = "lat
     """GasPriceOracle.getL1FeeUpperBound of each size, in one batch (none where there is no oracle)."""
     if not unsigned_sizes:
         return []
-    code = await rpc.request("eth_getCode", [GAS_PRICE_ORACLE, block])
+    code = await once_per_head(
+        rpc, ("oracle", block), lambda: rpc.request("eth_getCode", [GAS_PRICE_ORACLE, block])
+    )
     if code in (None, "0x", ""):
         return [L1Fee(0, "no GasPriceOracle at 0x42..0F: L1 data fee counted as 0") for _ in unsigned_sizes]
     calls = [(GAS_PRICE_ORACLE, encode_call("getL1FeeUpperBound(uint256)", n)) for n in unsigned_sizes]

@@ -189,7 +189,7 @@ async def _serve(
         await wiring.funds(liquidator)
 
     try:
-        await follow_heads(engine, engine_rpc, ws_url, side_jobs, metrics)
+        await follow_heads(engine, engine_rpc, ws_url, side_jobs, metrics, settings.block_interval)
         if len(engine.flights):  # SIGTERM: planning stopped; follow what is in flight for a while
             log.info(
                 "stopping: following %d plans in flight for up to %.0f s",
@@ -208,12 +208,15 @@ async def follow_heads(
     ws_url: str | None,
     funds: Callable[[], Awaitable[None]],
     metrics: Metrics | None = None,
+    block_interval: float = 2.0,
 ) -> None:
-    """Tick on every new head until SIGTERM/SIGINT; the tick in progress finishes its sends first."""
+    """Tick on every new head until SIGTERM/SIGINT; the tick in progress finishes its sends first.
+    Without a WebSocket, the head is polled four times a block (at most every 1.5 s)."""
     loop = HeadLoop(
         rpc,
         engine.tick,
         ws_url=ws_url,
+        poll_after=max(0.1, min(1.5, block_interval / 4)),
         on_error=None if metrics is None else lambda kind, _exc: metrics.errors.labels(kind).inc(),
         on_restart=None if metrics is None else lambda task: metrics.task_restarts.labels(task).inc(),
     )

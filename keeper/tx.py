@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 MAYBE_SENT = ("already known", "nonce too low", "known transaction", "already imported")
 BUMP_BPS = 1_250  # +12.5 %
 DROPPED_AFTER_POLLS = 3
-GAS_MARGIN = 25_000  # over 1.3x a simulated step's gas: state may move before it lands
+GAS_MARGIN = 50_000  # over 1.5x a simulated step's gas: state may move before it lands (other steps first)
 
 
 class TxManager:
@@ -161,7 +161,7 @@ class TxManager:
             else:
                 out.append(
                     [
-                        Prepared(r, g * 13 // 10 + GAS_MARGIN, max_fee, tip)
+                        Prepared(r, g * 3 // 2 + GAS_MARGIN, max_fee, tip)
                         for r, g in zip(steps, gas_by[j], strict=True)
                     ]
                 )

@@ -11,7 +11,6 @@ sUSD->USDC quote (SIP-423: not at 1 USD), then priced like every other plan (kee
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,11 +197,7 @@ class SynthetixPerpsV2:
             else to_usd(params.max_keeper_fee + liquidator_fee),
             operator_cap=self.settings.max_keeper_fee,
         )
-        steps, gas_price = await asyncio.gather(
-            asyncio.gather(*(self._estimated(step, liquidator) for step in plan.steps)),
-            gas.gas_price(self.rpc, self.settings.max_fee_gwei),
-        )
-        plan.steps = list(steps)
+        gas_price = await gas.gas_price(self.rpc, self.settings.max_fee_gwei)  # gas from the hints
         costs, l1_note = await gas.tx_costs(self.rpc, [(s.gas, len(s.data)) for s in plan.steps], gas_price)
         eth_usd = int(plan.detail["eth_usd"])
         plan.estimate = profit.estimate(plan.reward, costs, eth_usd, self.settings.min_profit)
@@ -234,10 +229,6 @@ class SynthetixPerpsV2:
             f"only forceLiquidatePosition can liquidate it ({why}) and the keeper is not endorsed "
             f"(FuturesMarketManager.isEndorsed); its flag fee would be {_susd(flag.capped)}"
         )
-
-    async def _estimated(self, step: Step, sender: str) -> Step:
-        units = await gas.estimate_gas(self.rpc, sender, step.to, step.data)
-        return step if units is None else Step(step.label, step.to, step.data, units)
 
     async def _value_susd(self, amount: int, liquidator: str) -> _Valuation:
         """sUSD -> USD at a sUSD->USDC quote for this very amount; the operator's fixed price if none."""
