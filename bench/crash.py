@@ -114,8 +114,7 @@ def _p90(values: list[int]) -> float | None:
 def measure(built: Path, work: Path, name: str, args: argparse.Namespace, **settings: str) -> Run:
     """One run of the keeper through the crash, on a fresh anvil loaded from `built`."""
     work.mkdir(parents=True)
-    cache = work / "anvil-cache"
-    net = crash.load(built, args.block_time, ["--cache-path", str(cache)])
+    net = crash.load(built, args.block_time)  # its own pruned cache folder (devnet/anvil.py)
     takers = net.manifest.takers
     state_db, audit = work / "keeper.sqlite", work / "audit.jsonl"
     log = (work / "keeper.log").open("w")
@@ -143,7 +142,7 @@ def measure(built: Path, work: Path, name: str, args: argparse.Namespace, **sett
             _signed(audit, started),
             crash.held(net),
             int(net.chain.w3.eth.get_block(crash_block)["gasLimit"]),
-            _du(cache),
+            net.anvil.disk_bytes(),
             timed_out,
         )
     finally:
@@ -185,10 +184,6 @@ def _signed(audit: Path, started: float) -> dict[str, float]:
         if record.get("event") == "journal" and record.get("action") == "signed":
             out[record["tx_hash"]] = record["time"] - offset - started
     return out
-
-
-def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def say(message: str) -> None:
