@@ -24,6 +24,7 @@ from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
 from keeper.store import Store
 from strategies.perp_v2 import checks, report, views
+from strategies.perp_v2.history import PerpHistory
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 from strategies.perp_v2.metadata import Deployment, load_metadata
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
@@ -100,6 +101,9 @@ class PerpV2Plugin:
     async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
         found = await report.report(Scanner(session.deployment, session.indexer, session.read), as_json, out)
         return sum(1 for op in found if op.liquidatable)
+
+    def history(self, session: Session) -> PerpHistory:
+        return PerpHistory(session)
 
 
 PLUGIN = PerpV2Plugin()

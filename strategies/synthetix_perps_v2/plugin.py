@@ -16,6 +16,7 @@ from keeper.quotes import UniswapV3
 from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
 from strategies.synthetix_perps_v2 import checks
+from strategies.synthetix_perps_v2.history import SynthetixHistory
 from strategies.synthetix_perps_v2.metadata import (
     SYNTHETIX_PERPS_V2,
     SynthetixDeployment,
@@ -77,6 +78,9 @@ class SynthetixPerpsV2Plugin:
 
     async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
         raise SettingError(f"scan does not read {self.title} yet")
+
+    def history(self, session: Session) -> SynthetixHistory:
+        return SynthetixHistory(session)
 
 
 PLUGIN = SynthetixPerpsV2Plugin()
