@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from eth_utils.address import to_checksum_address
+
 import abi
 from keeper.errors import RpcError, SettingError
 from keeper.events import FLAG, POSITION, EventSpec, HistoryEvent, Log, LogQuery, Subject
@@ -70,7 +72,7 @@ class SynthetixHistory:
                 args["flagger"] if flag else args["liquidator"],
                 args,
                 market=self.keys[proxy],
-                subject=str(entry["address"]),
+                subject=str(to_checksum_address(str(entry["address"]))),
             )
             if not flag:
                 event.notional_usd = abs(args["size"]) * args["price"] // UNIT
