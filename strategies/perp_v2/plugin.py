@@ -24,8 +24,8 @@ from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
 from keeper.store import Store
 from strategies.perp_v2 import checks, report, views
-from strategies.perp_v2.history import PerpHistory
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
+from strategies.perp_v2.history import PerpHistory
 from strategies.perp_v2.metadata import Deployment, load_metadata
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
 from strategies.perp_v2.scanner import Scanner
