@@ -3,17 +3,18 @@
 Both ask the protocol's own views at past blocks (an archive node; anvil is one), each block's
 questions in one Multicall3 batch, several blocks concurrently.
 
-* First liquidatable block of a liquidation at block L: the first block at whose end the account was
-  liquidatable, continuously up to L - 1: galloping back from L - 1 (1, 2, 4, ... blocks) until a block
-  where it was not, then bisecting. `blocks_late` = L - first - 1: 0 is the very next block, the
-  earliest any keeper could land. An account not liquidatable at the end of L - 1 (it became so within
-  L itself) has first = L and 0 blocks late. The search may go back before the range (to the
-  deployment's first block).
-* Missed windows: every known account is probed every `step` blocks of the range (and at its last
-  block); each run of liquidatable probes has its edges found exactly by bisection, clipped to the
-  range. A run [a, b] is missed when nobody acted on that account (a position liquidation, a flag, its
-  orders cancelled) in blocks a + 1 .. b + 1. With step 1 every block is probed; with a larger step a
-  window shorter than the step can fall between two probes.
+* Runs: every known account is probed every `step` blocks of the range (and at its last block); each
+  run of liquidatable probes has its edges found exactly by bisection, clipped to the range. With step
+  1 every block is probed and the runs are exact; with a larger step a run (or a gap between two runs)
+  shorter than the step can fall between two probes.
+* First liquidatable block of a liquidation at block L: the first block of the run that holds L - 1 (the
+  account liquidatable at the end of every block from it up to L - 1). A run that reaches back to the
+  range's first block is followed before the range by galloping back (1, 2, 4, ... blocks) to a block
+  where it was not, then bisecting (which assumes one contiguous run out there). `blocks_late` =
+  L - first - 1: 0 is the very next block, the earliest any keeper could land. An account not
+  liquidatable at the end of L - 1 (it became so within L itself) has first = L and is 0 blocks late.
+* Missed windows: the runs [a, b] in which nobody acted on the account (a position liquidation, a
+  flag, its orders cancelled) in blocks a + 1 .. b + 1.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from keeper.protocol import History
 CONCURRENT_BLOCKS = 4
 ACTED = (POSITION, FLAG, ORDERS_CANCELLED)
 Probe = tuple[Subject, int]
+Run = tuple[Subject, int, int]  # (subject, first block, last block)
 
 
 class Oracle:
@@ -57,17 +59,44 @@ class Oracle:
         return out
 
 
-async def first_liquidatable(oracle: Oracle, events: Sequence[HistoryEvent], floor: int) -> None:
-    """Set `first_liquidatable_block` and `blocks_late` on every position liquidation."""
-    searches: dict[Probe, tuple[int, int | None]] = {}  # (subject, L) -> (liquidatable block, not-block)
+async def first_liquidatable(
+    oracle: Oracle, events: Sequence[HistoryEvent], runs: Sequence[Run], first: int, floor: int
+) -> None:
+    """Set `first_liquidatable_block` and `blocks_late` on every position liquidation, from the runs of
+    liquidatable blocks the probes found in the range; a run that reaches back to the range's first
+    block is followed further back by galloping and bisection."""
+    containing = {}
+    for subject, a, b in runs:
+        for e in events:
+            if e.kind == POSITION and (e.trader, e.subject) == subject and a <= e.block - 1 <= b:
+                containing[id(e)] = a
+    before: dict[Probe, tuple[int, int | None]] = {}
+    for e in events:
+        if e.kind != POSITION:
+            continue
+        start = containing.get(id(e))
+        if start is None and e.block - 1 >= first:
+            start = e.block  # not liquidatable at the end of the block before: it became so within it
+        if start is None or start == first:
+            before.setdefault(((e.trader, e.subject), e.block), (min(first, e.block), None))
+        e.first_liquidatable_block = start
+    await _gallop(oracle, before, floor)
+    await _bisect(oracle, before)
     for e in events:
         if e.kind == POSITION:
-            searches.setdefault(((e.trader, e.subject), e.block), (e.block, None))
-    # gallop back: hi is known liquidatable (L itself stands for "found nothing yet")
-    step = {key: 1 for key in searches}
-    open_ = set(searches)
+            if ((e.trader, e.subject), e.block) in before:
+                e.first_liquidatable_block = before[((e.trader, e.subject), e.block)][0]
+            assert e.first_liquidatable_block is not None
+            e.blocks_late = max(0, e.block - e.first_liquidatable_block - 1)
+
+
+async def _gallop(oracle: Oracle, searches: dict[Probe, tuple[int, int | None]], floor: int) -> None:
+    """Back from each (liquidatable hi, _) by 1, 2, 4, ... blocks until a block where the account was
+    not liquidatable (then bisected) or the deployment's first block; assumes one contiguous run."""
+    step = dict.fromkeys(searches, 1)
+    open_ = {k for k, (hi, _) in searches.items() if hi > floor}
     while open_:
-        probes = {key: max(floor, key[1] - step[key]) for key in open_}
+        probes = {key: max(floor, searches[key][0] - step[key]) for key in open_}
         answers = await oracle.ask([(key[0], block) for key, block in probes.items()])
         for key, block in probes.items():
             hi, _ = searches[key]
@@ -79,12 +108,6 @@ async def first_liquidatable(oracle: Oracle, events: Sequence[HistoryEvent], flo
             else:
                 searches[key] = (hi, block)
                 open_.discard(key)
-    await _bisect(oracle, searches)
-    for e in events:
-        if e.kind == POSITION:
-            first, _ = searches[((e.trader, e.subject), e.block)]
-            e.first_liquidatable_block = first
-            e.blocks_late = max(0, e.block - first - 1)
 
 
 async def _bisect(oracle: Oracle, searches: dict[Probe, tuple[int, int | None]]) -> None:
@@ -97,15 +120,10 @@ async def _bisect(oracle: Oracle, searches: dict[Probe, tuple[int, int | None]])
             searches[k] = (m, lo) if answers[(k[0], m)] else (hi, m)
 
 
-async def missed_windows(
-    oracle: Oracle,
-    protocol: str,
-    subjects: Sequence[Subject],
-    events: Sequence[HistoryEvent],
-    first: int,
-    last: int,
-    step: int,
-) -> list[HistoryEvent]:
+async def liquidatable_runs(
+    oracle: Oracle, subjects: Sequence[Subject], first: int, last: int, step: int
+) -> list[Run]:
+    """Every run of blocks in first..last at whose end a subject was liquidatable, edges exact."""
     probes = sorted({*range(first, last + 1, max(1, step)), last})
     progress = Progress(f"probing {len(subjects)} accounts at {len(probes)} blocks", len(probes))
     states: dict[Subject, list[bool]] = {s: [] for s in subjects}
@@ -115,8 +133,12 @@ async def missed_windows(
         for s in subjects:
             states[s] += [answers[(s, b)] for b in chunk]
         progress.advance(len(chunk), sum(answers.values()))
-    runs = [(s, a, b) for s in subjects for a, b in _runs(probes, states[s])]
-    runs = await _refine(oracle, probes, runs, first, last)
+    found = [(s, a, b) for s in subjects for a, b in _runs(probes, states[s])]
+    return await _refine(oracle, probes, found, first, last)
+
+
+def missed_windows(protocol: str, runs: Sequence[Run], events: Sequence[HistoryEvent]) -> list[HistoryEvent]:
+    """The runs in which nobody acted on the account (in blocks a + 1 .. b + 1)."""
     acted = {(e.trader.lower(), e.block) for e in events if e.kind in ACTED}
     acted_in = {(e.trader.lower(), e.subject, e.block) for e in events if e.kind in ACTED}
     windows = []
@@ -126,19 +148,8 @@ async def missed_windows(
             continue
         if market is not None and any((account.lower(), market, x) in acted_in for x in blocks):
             continue
-        windows.append(
-            HistoryEvent(
-                a,
-                None,
-                None,
-                protocol,
-                MISSED,
-                account,
-                None,
-                {"from_block": a, "to_block": b, "blocks": b - a + 1},
-                subject=market,
-            )
-        )
+        window = {"from_block": a, "to_block": b, "blocks": b - a + 1}
+        windows.append(HistoryEvent(a, None, None, protocol, MISSED, account, None, window, subject=market))
     return windows
 
 
@@ -157,8 +168,8 @@ def _runs(probes: Sequence[int], states: Sequence[bool]) -> list[tuple[int, int]
 
 
 async def _refine(
-    oracle: Oracle, probes: Sequence[int], runs: Sequence[tuple[Subject, int, int]], first: int, last: int
-) -> list[tuple[Subject, int, int]]:
+    oracle: Oracle, probes: Sequence[int], runs: Sequence[Run], first: int, last: int
+) -> list[Run]:
     """Exact edges: bisect between the last probe outside a run and its first (last) probe inside."""
     starts: dict[Probe, tuple[int, int | None]] = {}
     ends: dict[Probe, tuple[int, int | None]] = {}
