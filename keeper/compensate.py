@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from eth_abi.exceptions import DecodingError
 from eth_utils.address import is_address, to_checksum_address
 
 from keeper import compensation, registry
@@ -86,7 +87,10 @@ async def value_claims(history: History, blocks: dict[str, int], price: str) -> 
         by_block.setdefault(block, []).append(account)
     claims = []
     for block, accounts in sorted(by_block.items()):
-        values = await history.values(accounts, block, price)
+        try:
+            values = await history.values(accounts, block, price)
+        except DecodingError:
+            raise SettingError(f"--block: no Multicall3 at block {block} yet: choose a later block") from None
         claims += [Claim(a, v, block) for a, v in zip(accounts, values, strict=True)]
     return claims
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eth_abi.abi import decode
+from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 
 from keeper.codec import topic
+from keeper.errors import RpcError
 
 POSITION, COLLATERAL, BAD_DEBT, ORDERS_CANCELLED, FLAG = (
     "position",
@@ -32,6 +34,9 @@ Subject = tuple[str, str | None]  # (account, the market contract it is liquidat
 COMMON = ("block", "timestamp", "tx", "log_index", "protocol", "kind", "trader", "liquidator")
 DERIVED = ("market", "notional_usd", "liquidator_reward")
 LATENESS = ("first_liquidatable_block", "blocks_late")
+# a view at a past block the node cannot answer: state pruned (not an archive node), or no Multicall3
+# there yet (an empty answer)
+UNREADABLE = (RpcError, DecodingError)
 
 
 def snake_case(name: str) -> str:

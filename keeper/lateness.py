@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+from eth_abi.exceptions import DecodingError
+
 from keeper.events import FLAG, MISSED, ORDERS_CANCELLED, POSITION, HistoryEvent, Subject
 from keeper.logcache import Progress
 from keeper.protocol import History
@@ -49,7 +51,10 @@ class Oracle:
 
         async def one(block: int, subjects: list[Subject]) -> dict[Probe, bool]:
             async with self.limit:
-                answers = await self.history.liquidatable(subjects, block)
+                try:
+                    answers = await self.history.liquidatable(subjects, block)
+                except DecodingError:  # no Multicall3 at that block yet: nothing was deployed to ask
+                    answers = [False] * len(subjects)
             self.asked += 1
             return {(s, block): a for s, a in zip(subjects, answers, strict=True)}
 

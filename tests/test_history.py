@@ -294,3 +294,77 @@ def test_lateness_gives_the_crossing_blocks_and_the_missed_windows(
         assert late["blocks_late"] == liquidated - late_run[0] - 1
         missed = [(r["trader"], r["from_block"], r["to_block"]) for r in rows if r["kind"] == "missed"]
         assert sorted(missed) == sorted([(victim, *missed_run), *((a, start, end) for a in already)])
+
+
+@pytest.fixture(scope="module")
+def snx_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[up.SynthetixDevnet, int, int]]:
+    """A Synthetix Perps V2 devnet after one keeper `run --once`: (devnet, head before, head after)."""
+    net = up.start_synthetix(out_dir=tmp_path_factory.mktemp("snx-history"), log=False)
+    saved = os.environ.get("KEEPER_PRIVATE_KEY")
+    os.environ["KEEPER_PRIVATE_KEY"] = KEEPER_KEY
+    try:
+        before = net.chain.w3.eth.block_number
+        db = tmp_path_factory.mktemp("snx-run") / "k.sqlite"
+        code, out = run_once(
+            net.url, net.metadata_path, db, "--protocol", "synthetix-perps-v2", "--metrics-port", "0"
+        )
+        assert code == 0, out
+        yield net, before, net.chain.w3.eth.block_number
+    finally:
+        if saved is None:
+            os.environ.pop("KEEPER_PRIVATE_KEY", None)
+        else:
+            os.environ["KEEPER_PRIVATE_KEY"] = saved
+        net.stop()
+
+
+def test_synthetix_flags_and_liquidations_match_the_receipts(
+    snx_run: tuple[up.SynthetixDevnet, int, int], tmp_path: Path
+) -> None:
+    net, before, after = snx_run
+    code, out = cli_output(
+        *("history", "--json", "--rpc-url", net.url, "--metadata", str(net.metadata_path)),
+        *(
+            "--state-db",
+            str(tmp_path / "h.sqlite"),
+            "--from-block",
+            str(before + 1),
+            "--to-block",
+            str(after),
+        ),
+    )
+    assert code == 0, out
+    rows = json.loads(out)
+    w3 = net.chain.w3
+    markets = {m.proxy.address: m for m in net.deployment.markets.values()}
+    expected = []
+    for number in range(before + 1, after + 1):
+        for tx_hash in w3.eth.get_block(number)["transactions"]:
+            receipt = w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            for log in receipt["logs"]:
+                market = markets.get(log["address"])
+                if market is None:
+                    continue
+                for name, kind in (("PositionFlagged", "flag"), ("PositionLiquidated", "position")):
+                    event = getattr(market.proxy.events, name)()
+                    if "0x" + bytes(log["topics"][0]).hex() == event.topic:
+                        args = event.process_log(log)["args"]
+                        expected.append((number, log["logIndex"], kind, market.key, dict(args)))
+    assert {e[2] for e in expected} == {"flag", "position"}
+    assert [(r["block"], r["log_index"], r["kind"], r["market"]) for r in rows] == [e[:4] for e in expected]
+    liquidations = {(e[4]["account"], e[3]): e[4] for e in expected if e[2] == "position"}
+    for row, (number, _, kind, key, args) in zip(rows, expected, strict=True):
+        assert row["protocol"] == "synthetix-perps-v2"
+        for name, value in args.items():
+            assert row[snake(name)] == value, name
+        assert row["timestamp"] == w3.eth.get_block(number)["timestamp"]
+        assert row["trader"] == args["account"]
+        liquidation = liquidations[(args["account"], key)]
+        if kind == "flag":
+            assert row["timestamp"] == args["timestamp"]  # the event's own timestamp is the block's
+            assert row["liquidator"] == args["flagger"]
+            assert row["liquidator_reward"] == liquidation["flaggerFee"]  # paid at the liquidation
+        else:
+            assert row["liquidator"] == args["liquidator"]
+            assert row["liquidator_reward"] == args["liquidatorFee"]
+        assert row["notional_usd"] == abs(liquidation["size"]) * row["price"] // 10**18

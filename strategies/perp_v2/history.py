@@ -26,6 +26,7 @@ from keeper.events import (
     COLLATERAL,
     ORDERS_CANCELLED,
     POSITION,
+    UNREADABLE,
     EventSpec,
     HistoryEvent,
     Log,
@@ -189,7 +190,7 @@ class PerpHistory:
             calls = [self.views.mark_price(e.args["base_token"]) for e in group]
             try:
                 results = await self.read(calls, block)
-            except RpcError:
+            except UNREADABLE:
                 continue
             for e, result in zip(group, results, strict=True):
                 if result.ok:

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from eth_utils.address import to_checksum_address
 
 import abi
-from keeper.errors import RpcError, SettingError
-from keeper.events import FLAG, POSITION, EventSpec, HistoryEvent, Log, LogQuery, Subject
+from keeper.errors import SettingError
+from keeper.events import FLAG, POSITION, UNREADABLE, EventSpec, HistoryEvent, Log, LogQuery, Subject
 from keeper.multicall import Call, Reader
 from keeper.protocol import Session
 from strategies.synthetix_perps_v2.metadata import SynthetixDeployment
@@ -106,7 +106,7 @@ class SynthetixHistory:
                 (position,) = await self.read(
                     [Call(flag.subject, "positions(address)", (flag.trader,), (POSITION_STRUCT,))], flag.block
                 )
-            except RpcError:
+            except UNREADABLE:
                 continue
             if position.ok:
                 flag.notional_usd = abs(int(position.one()[4])) * flag.args["price"] // UNIT
