@@ -220,6 +220,46 @@ class TestAfterAKeeperRun:
         assert cold > 20 + warm // 2
         assert len([r for r in first if r["kind"] == "position"]) == 15
 
+    def test_compensation_values_the_liquidated_at_the_block_before_their_first_liquidation(
+        self, devnet: up.Devnet, keeper_run: tuple[int, int], tmp_path: Path
+    ) -> None:
+        before, after = keeper_run
+        rows = history_json(
+            devnet, tmp_path / "h.sqlite", "--from-block", str(before + 1), "--to-block", str(after)
+        )
+        first: dict[str, int] = {}
+        for r in rows:
+            if r["kind"] in ("position", "collateral"):
+                first.setdefault(r["trader"], r["block"])
+        connection = (
+            *("--rpc-url", devnet.url, "--metadata", str(devnet.metadata_path)),
+            *("--state-db", str(tmp_path / "h.sqlite")),
+        )
+        code, out = cli_output(
+            "compensation",
+            *connection,
+            "--liquidated-between",
+            str(before + 1),
+            str(after),
+            *("--fund", "5000", "--policy", "smallest-first", "--json"),
+        )
+        assert code == 0, out
+        report = json.loads(out)
+        assert {r["account"]: r["block"] for r in report["rows"]} == {a: b - 1 for a, b in first.items()}
+        for row in report["rows"][:3]:  # the same value as valuing that account alone at that block
+            (tmp_path / "one.txt").write_text(row["account"] + "\n")
+            code, out = cli_output(
+                "compensation",
+                *connection,
+                "--block",
+                str(row["block"]),
+                "--accounts",
+                str(tmp_path / "one.txt"),
+                *("--fund", "5000", "--policy", "pro-rata", "--json"),
+            )
+            assert code == 0, out
+            assert json.loads(out)["rows"][0]["value"] == row["value"]
+
 
 def test_operator_mistakes_are_one_line_and_exit_2(devnet: up.Devnet, tmp_path: Path) -> None:
     head = devnet.chain.w3.eth.block_number
