@@ -202,3 +202,51 @@ def test_values_at_the_mark_are_the_vaults_account_values(
         expected = size * index // X18 - size * mark // X18  # longs: both positive, floor = toward zero
         assert at_index[who] - value == expected, label
     assert Web3.is_checksum_address(next(iter(at_mark)))
+
+
+def test_spans_and_names_pure() -> None:
+    from keeper.events import snake_case
+    from keeper.logcache import missing
+
+    assert missing([(10, 19), (30, 39)], 0, 50) == [(0, 9), (20, 29), (40, 50)]
+    assert missing([(0, 100)], 5, 50) == []
+    assert missing([], 5, 4) == []
+    assert snake_case("repaidSettlementWithoutInsuranceFundFeeX10_S") == (
+        "repaid_settlement_without_insurance_fund_fee_x10_s"
+    )
+    assert snake_case("discountRatio") == "discount_ratio"
+    assert snake_case("id") == "id"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--block", "1", "--fund", "ten", "--policy", "pro-rata"), "--fund: not a number"),
+        (("--block", "1", "--fund", "-5", "--policy", "pro-rata"), "--fund: must be a non-negative"),
+        (("--block", "1", "--fund", "5", "--policy", "largest-first"), "--policy: expected one of"),
+        (("--fund", "5", "--policy", "pro-rata"), "--block N (or --liquidated-between A B) is required"),
+        (("--block", "99999999", "--fund", "5", "--policy", "pro-rata"), "is beyond the chain's head"),
+        (
+            ("--block", "1", "--fund", "5", "--policy", "pro-rata", "--accounts", "BAD"),
+            "entry 2 is not an address",
+        ),
+    ],
+)
+def test_operator_mistakes_are_one_line_and_exit_2(
+    devnet: up.Devnet,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: tuple[str, ...],
+    message: str,
+) -> None:
+    (tmp_path / "bad.txt").write_text(f"{devnet.scenario.traders['eth-long-7x'].address}\n0x1234\n")
+    argv = [a.replace("BAD", str(tmp_path / "bad.txt")) for a in extra]
+    code, out = cli_output(
+        *("compensation", "--rpc-url", devnet.url, "--metadata", str(devnet.metadata_path)),
+        *("--state-db", str(tmp_path / "s.sqlite"), *argv),
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert out == ""
+    assert len(err) == 1
+    assert message in err[0]
