@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from keeper import history_report, lateness, registry
 from keeper.config import integer
-from keeper.errors import SettingError
+from keeper.errors import RpcError, SettingError
 from keeper.events import HistoryEvent
 from keeper.logcache import LogCache
 from keeper.protocol import History, ProtocolPlugin, Session
@@ -62,18 +62,27 @@ async def collect(
     logs = await cache.logs(history.queries(), first, last, head)
     events = sorted(await history.decode(logs), key=HistoryEvent.order)
     if with_lateness:
-        oracle = lateness.Oracle(history)
-        step = lateness_step(first, last)
-        print(f"lateness: probing every {step} block(s) (KEEPER_LATENESS_STEP)", file=sys.stderr)
-        runs = await lateness.liquidatable_runs(oracle, await history.subjects(), first, last, step)
-        await lateness.first_liquidatable(oracle, events, runs, first, session.deployment.start_block)
-        windows = lateness.missed_windows(protocol, runs, events)
+        windows = await _lateness(session, history, protocol, events, first, last)
         _name_markets(windows, events)
         events = sorted([*events, *windows], key=HistoryEvent.order)
     stamps = await cache.timestamps([e.block for e in events], head)
     for e in events:
         e.timestamp = stamps[e.block]
     return events
+
+
+async def _lateness(
+    session: Session, history: History, protocol: str, events: list[HistoryEvent], first: int, last: int
+) -> list[HistoryEvent]:
+    oracle = lateness.Oracle(history)
+    step = lateness_step(first, last)
+    print(f"lateness: probing every {step} block(s) (KEEPER_LATENESS_STEP)", file=sys.stderr)
+    try:
+        runs = await lateness.liquidatable_runs(oracle, await history.subjects(), first, last, step)
+        await lateness.first_liquidatable(oracle, events, runs, first, session.deployment.start_block)
+    except RpcError as exc:
+        raise SettingError(f"--lateness needs an archive node (views at past blocks): {exc}") from None
+    return lateness.missed_windows(protocol, runs, events)
 
 
 def _name_markets(windows: list[HistoryEvent], events: list[HistoryEvent]) -> None:
