@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from web3 import Web3
@@ -191,7 +192,18 @@ class TestAfterAKeeperRun:
             line for line in table.splitlines() if line.startswith(Web3.to_checksum_address(KEEPER_ADDRESS))
         )
         assert f"{rewards / 10**18:,.2f}" in keeper_line
-        assert (tmp_path / "h.html").read_text().count("<svg") == 2
+        assert (tmp_path / "h.html").read_text().count("<svg") == 2  # the page: two charts
+        code, _ = history(devnet, tmp_path / "h.sqlite", *span, "--plot", str(tmp_path / "h.svg"))
+        assert code == 0
+        svg = ElementTree.parse(tmp_path / "h.svg").getroot()  # well-formed, one picture
+        bars = [
+            r
+            for r in svg.iter("{http://www.w3.org/2000/svg}rect")
+            if r.find("{http://www.w3.org/2000/svg}title") is not None
+        ]
+        assert sum(int(r.findtext("{http://www.w3.org/2000/svg}title", "0").split()[0]) for r in bars) == len(
+            rows
+        )
         code, _ = history(devnet, tmp_path / "h.sqlite", *span, "--csv", str(tmp_path / "h.csv"))
         assert code == 0
         parsed = list(csv.DictReader(io.StringIO((tmp_path / "h.csv").read_text())))
