@@ -18,7 +18,7 @@ from keeper.codec import encode_call
 from keeper.config import RunSettings
 from keeper.gas import warn_low_gas
 from keeper.indexer import AccountSource, Indexer
-from keeper.protocol import Check, Session, Wiring
+from keeper.protocol import Check, History, Session, Wiring
 from keeper.quotes import close_sources, configured_sources
 from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
@@ -102,7 +102,7 @@ class PerpV2Plugin:
         found = await report.report(Scanner(session.deployment, session.indexer, session.read), as_json, out)
         return sum(1 for op in found if op.liquidatable)
 
-    def history(self, session: Session) -> PerpHistory:
+    def history(self, session: Session) -> History:
         return PerpHistory(session)
 
 
