@@ -43,8 +43,10 @@ SELECTION: dict[str, tuple[str, tuple[str, ...]]] = {
             "getBaseTokens(address)",
             "hasOrder(address)",
             "getMarkPrice(address)",
+            "getPnlAndPendingFee(address)",
         ),
     ),
+    "Exchange": ("Exchange", ("getAllPendingFundingPayment(address)",)),
     "OrderBook": ("OrderBook", ("getOpenOrderIds(address,address)",)),
     "Vault": (
         "Vault",
@@ -130,11 +132,18 @@ SELECTION: dict[str, tuple[str, tuple[str, ...]]] = {
             "canLiquidate(address)",
             "isFlagged(address)",
             "liquidationFee(address)",
+            "remainingMargin(address)",
         ),
     ),
     "PerpsV2MarketLiquidate": (
         "PerpsV2MarketLiquidate",
-        ("flagPosition(address)", "liquidatePosition(address)", "forceLiquidatePosition(address)"),
+        (
+            "flagPosition(address)",
+            "liquidatePosition(address)",
+            "forceLiquidatePosition(address)",
+            "PositionFlagged(uint256,address,address,uint256,uint256)",
+            "PositionLiquidated(uint256,address,address,int256,uint256,uint256,uint256,uint256)",
+        ),
     ),
     # The event every market implementation emits through the proxy.
     "PerpsV2Market": (

@@ -25,6 +25,16 @@ def port_number(text: str) -> int:
     return value
 
 
+def block_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a block number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a block number is >= 0, got {value}")
+    return value
+
+
 def _connection_args(command: argparse.ArgumentParser, state_db: bool) -> None:
     command.add_argument(
         "--rpc-url",
@@ -74,7 +84,71 @@ def build_parser(plugin_commands: Sequence[Command] = ()) -> argparse.ArgumentPa
     scan.add_argument("--json", action="store_true", help="print only a JSON array of opportunities")
 
     _add_run(commands)
+    _add_history(commands)
+    _add_compensation(commands)
     return parser
+
+
+def _output_args(command: argparse.ArgumentParser, what: str) -> None:
+    output = command.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help=f"print only {what} as JSON")
+    output.add_argument("--csv", type=Path, default=None, metavar="FILE", help="write a CSV file")
+
+
+def _add_history(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    history = commands.add_parser(
+        "history",
+        help="every liquidation-related event of a block range, with totals (and lateness)",
+        description="List every liquidation-related event in the range, oldest first (logs cached in the "
+        "state database, so a long range resumes). Without --json or --csv: a table and totals per "
+        "liquidator, market and kind.",
+    )
+    _connection_args(history, state_db=True)
+    history.add_argument(
+        "--from-block", type=block_number, default=None, help="default: the deployment's first"
+    )
+    history.add_argument("--to-block", type=block_number, default=None, help="default: the head")
+    _output_args(history, "a JSON array of events")
+    history.add_argument(
+        "--lateness",
+        action="store_true",
+        help="first liquidatable block of each position liquidation, and missed windows (archive node)",
+    )
+    history.add_argument(
+        "--plot", type=Path, default=None, metavar="FILE", help="a picture: FILE.html or .svg"
+    )
+
+
+def _add_compensation(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    comp = commands.add_parser(
+        "compensation",
+        help="value accounts at a block and share a fund among them under a policy",
+        description="Each account's value at --block (collateral at its oracle price, realised and pending "
+        "PnL and funding, unrealised PnL at the index price), paid from --fund under --policy: pro-rata, "
+        "smallest-first or threshold:X.",
+    )
+    _connection_args(comp, state_db=True)
+    comp.add_argument("--block", type=block_number, default=None, help="value every account at this block")
+    comp.add_argument("--fund", required=True, metavar="AMOUNT", help="the compensation fund, USD")
+    comp.add_argument(
+        "--policy", required=True, metavar="POLICY", help="pro-rata, smallest-first, threshold:X"
+    )
+    comp.add_argument("--exclude", type=Path, default=None, metavar="FILE", help="addresses left out")
+    comp.add_argument(
+        "--accounts", type=Path, default=None, metavar="FILE", help="the claimants (default: all)"
+    )
+    comp.add_argument(
+        "--price", choices=("index", "mark"), default="index", help="unrealised PnL at this price"
+    )
+    comp.add_argument(
+        "--liquidated-between",
+        nargs=2,
+        type=block_number,
+        default=None,
+        metavar=("A", "B"),
+        help="claimants: accounts liquidated in blocks A..B, each valued at the block before its first",
+    )
+    _output_args(comp, "the report")
 
 
 def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -143,6 +217,18 @@ def _check(args: argparse.Namespace) -> int:
     return guarded(run)
 
 
+def _history(args: argparse.Namespace) -> int:
+    from keeper import history
+
+    return guarded(lambda: history.main(args))
+
+
+def _compensation(args: argparse.Namespace) -> int:
+    from keeper import compensate
+
+    return guarded(lambda: compensate.main(args))
+
+
 def _run(args: argparse.Namespace) -> int:
     from keeper import run
 
@@ -172,7 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         return fail(str(exc), EXIT_USAGE)
     args = build_parser(extra).parse_args(argv)
-    handler = {"run": _run, "check": _check, "scan": _scan}.get(args.command)
+    handler = {
+        "run": _run,
+        "check": _check,
+        "scan": _scan,
+        "history": _history,
+        "compensation": _compensation,
+    }.get(args.command)
     command = next((c for c in extra if c.name == args.command), None)
     if command is None or command.loads_env:
         from keeper.config import load_dotenv

@@ -13,23 +13,18 @@ again from there (an account is forgotten only if it was first seen after that b
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from eth_utils.address import to_checksum_address
 
-from keeper.errors import ReorgDuringSyncError, RpcError, RpcUnavailableError
+from keeper.errors import ReorgDuringSyncError, RpcError
+from keeper.logrange import AdaptiveRange
 from keeper.rpc import BlockHeader, Rpc
 from keeper.store import Store
 
 log = logging.getLogger(__name__)
-
-# how providers word "ask for less" (Alchemy, Infura, QuickNode, op-geth, Ankr, anvil)
-TOO_MUCH = re.compile(
-    r"too many|too large|exceed|limit|range|more than|response size|max results|timeout|10000", re.IGNORECASE
-)
 
 
 @dataclass(frozen=True)
@@ -83,11 +78,19 @@ class Indexer:
         self.start_block = start_block
         self.watched = [a.lower() for a in watched]
         self.reorg_window = reorg_window
-        self.range = initial_range
-        self.max_range = max_range  # lowered to just under the smallest range the provider refused
+        self.ranges = AdaptiveRange(initial_range, max_range)
         self.progress = progress
         self._by_topic = {(s.contract.lower(), s.topic0.lower()): s for s in self.sources}
         self._known: set[str] | None = None
+
+    @property
+    def range(self) -> int:
+        """The next `eth_getLogs` range, in blocks (adapts to what the provider accepts)."""
+        return self.ranges.size
+
+    @property
+    def max_range(self) -> int:
+        return self.ranges.maximum
 
     @property
     def known(self) -> set[str]:
@@ -143,25 +146,12 @@ class Indexer:
 
     # --- reading --------------------------------------------------------------------------------
     async def _read(self, first: int, head: BlockHeader, result: SyncResult) -> None:
-        start = first
-        while start <= head.number:
-            end = min(head.number, start + self.range - 1)
-            try:
-                logs = await self._logs(start, end)
-            except (RpcError, RpcUnavailableError) as exc:
-                if end > start and TOO_MUCH.search(str(exc)):
-                    self.max_range = min(self.max_range, end - start)
-                    self.range = max(1, (end - start + 1) // 2)
-                    log.info(
-                        "eth_getLogs refused %d blocks (%s); trying %d", end - start + 1, exc, self.range
-                    )
-                    continue
-                raise
+        def done(start: int, end: int, logs: list[dict[str, Any]]) -> None:
             self._record(start, end, head, logs, result)
             if self.progress:
                 self.progress(Progress(first, end, head.number, len(result.new_accounts)))
-            start = end + 1
-            self.range = min(self.max_range, self.range * 2)
+
+        await self.ranges.walk(first, head.number, self._logs, done)
 
     async def _logs(self, start: int, end: int) -> list[dict[str, Any]]:
         account_query = _query(start, end, sorted({s.contract for s in self.sources}), [self._topics()])

@@ -2,8 +2,9 @@
 
 A protocol is a package under `strategies/` whose plugin object loads its metadata, names the events
 that reveal its accounts and the contracts whose logs change its parameters, wires its strategies for
-a run, lists its operator checks and (optionally) writes the `scan` report. The engine finds plugins
-through the `perp_keeper.protocols` entry-point group (`keeper/registry.py`) and never imports them.
+a run, lists its operator checks and (optionally) writes the `scan` report and offers a `History`
+(`perp-keeper history` and `compensation`). The engine finds plugins through the `perp_keeper.protocols`
+entry-point group (`keeper/registry.py`) and never imports them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from keeper.config import RunSettings
+from keeper.events import HistoryEvent, Log, LogQuery, Subject
 from keeper.indexer import AccountSource, Indexer
 from keeper.multicall import Reader
 from keeper.rpc import Rpc
@@ -75,6 +77,29 @@ class Wiring:
     close: Callable[[], Awaitable[None]]  # release what the wiring opened (HTTP clients)
 
 
+class History(Protocol):
+    """What `perp-keeper history` and `compensation` need of a protocol, over one `Session`.
+
+    `queries`: the logs of its liquidation events. `decode`: those logs, oldest first, as
+    `HistoryEvent`s with every argument and the derived fields (it may read receipts or views).
+    `liquidatable`: the contracts' own verdict for each (account, market contract) at a past block
+    (`--lateness`, needs an archive node); `subjects`: every (account, market contract) it knows.
+    `values`: each account's value at a block, X18 USD (collateral at its oracle price, no haircut,
+    + realised and unsettled PnL + pending funding + unrealised PnL at `price`: "index" or "mark");
+    raises `SettingError` for a price the protocol does not have.
+    """
+
+    def queries(self) -> list[LogQuery]: ...
+
+    async def decode(self, logs: Sequence[Log]) -> list[HistoryEvent]: ...
+
+    async def liquidatable(self, subjects: Sequence[Subject], block: int) -> list[bool]: ...
+
+    async def subjects(self) -> list[Subject]: ...
+
+    async def values(self, accounts: Sequence[str], block: int, price: str) -> list[int]: ...
+
+
 class ProtocolPlugin(Protocol):
     name: str  # "perp-v2": --protocol, KEEPER_PROTOCOL and the metadata's "protocol"
     title: str  # "Perp v2", for messages
@@ -105,4 +130,8 @@ class ProtocolPlugin(Protocol):
 
     async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
         """`perp-keeper scan`: one full exact scan, written out; returns how many are liquidatable."""
+        ...
+
+    def history(self, session: Session) -> History | None:
+        """Its liquidation history over `session` (None: the protocol offers none)."""
         ...

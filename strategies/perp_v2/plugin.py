@@ -20,7 +20,7 @@ from keeper.config import RunSettings
 from keeper.errors import SettingError
 from keeper.gas import warn_low_gas
 from keeper.indexer import AccountSource, Indexer
-from keeper.protocol import Check, Session, Wiring
+from keeper.protocol import Check, History, Session, Wiring
 from keeper.quotes import close_sources, configured_sources
 from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
@@ -28,6 +28,7 @@ from keeper.store import Store
 from strategies.perp_v2 import checks, report, views
 from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 from strategies.perp_v2.funds import PerpV2Funds
+from strategies.perp_v2.history import PerpHistory
 from strategies.perp_v2.inventory import InventorySettings, PerpV2Inventory
 from strategies.perp_v2.metadata import Deployment, load_metadata
 from strategies.perp_v2.positions import PerpV2Positions, PositionSettings
@@ -117,6 +118,9 @@ class PerpV2Plugin:
     async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
         found = await report.report(Scanner(session.deployment, session.indexer, session.read), as_json, out)
         return sum(1 for op in found if op.liquidatable)
+
+    def history(self, session: Session) -> History:
+        return PerpHistory(session)
 
 
 PLUGIN = PerpV2Plugin()

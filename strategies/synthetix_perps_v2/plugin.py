@@ -12,12 +12,13 @@ from keeper.config import RunSettings
 from keeper.errors import SettingError
 from keeper.gas import warn_low_gas
 from keeper.indexer import AccountSource
-from keeper.protocol import Check, Session, Wiring
+from keeper.protocol import Check, History, Session, Wiring
 from keeper.quotes import UniswapV3
 from keeper.rpc import Rpc
 from keeper.session import open_session as open_protocol_session
 from strategies.synthetix_perps_v2 import checks
 from strategies.synthetix_perps_v2.funds import SynthetixFunds
+from strategies.synthetix_perps_v2.history import SynthetixHistory
 from strategies.synthetix_perps_v2.metadata import (
     SYNTHETIX_PERPS_V2,
     SynthetixDeployment,
@@ -83,6 +84,9 @@ class SynthetixPerpsV2Plugin:
 
     async def report(self, session: Session, as_json: bool, out: TextIO) -> int:
         raise SettingError(f"scan does not read {self.title} yet")
+
+    def history(self, session: Session) -> History:
+        return SynthetixHistory(session)
 
 
 PLUGIN = SynthetixPerpsV2Plugin()
