@@ -172,6 +172,7 @@ class Service:
         self.eth_balance, self.endpoints = eth_balance, endpoints
         self.summary_due = time.monotonic() + alerter.settings.summary_seconds
         self.exported: Callable[[Facts, set[str]], None] | None = None  # metrics, after each check
+        self.lease_state: Callable[[], str | None] | None = None  # replicas: why the lease was lost
 
     async def check(self) -> list[Alert]:
         facts, settings = self.watch.facts, self.alerter.settings
@@ -180,6 +181,8 @@ class Service:
         except Exception as exc:  # the RPC's own alerts cover it; the other conditions still run
             log.warning("alerts: reading the ETH balance failed: %s", type(exc).__name__)
         facts.endpoints, facts.now = self.endpoints(), time.monotonic()
+        if self.lease_state is not None:
+            facts.lease_lost = self.lease_state()
         self.watch.prune(settings.event_window)
         sent = self.alerter.evaluate(facts)
         if settings.summary_seconds and facts.now >= self.summary_due:

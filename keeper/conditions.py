@@ -97,6 +97,7 @@ class Facts:
     stuck: dict[str, Stuck] = field(default_factory=dict)  # opportunity key -> since when, why
     funds: list[tuple[float, str]] = field(default_factory=list)  # funds moves that landed (when, what)
     funds_refused: dict[str, str] = field(default_factory=dict)  # funds action -> why it may not move
+    lease_lost: str | None = None  # this replica held the signer lease and no longer does (why)
 
 
 Condition = Callable[[Facts, AlertSettings], list[Finding]]
@@ -216,6 +217,11 @@ def funds_capped(f: Facts, s: AlertSettings) -> list[Finding]:
     ]
 
 
+def lease_lost(f: Facts, s: AlertSettings) -> list[Finding]:
+    """Replicas: this one signed, and another holds the lease now (a failover happened)."""
+    return [] if f.lease_lost is None else [Finding("lease", "warning", f.lease_lost)]
+
+
 FAMILIES = (  # what `perp_keeper_alert_firing{condition}` is labelled with
     "low-gas",
     "low-capital",
@@ -229,6 +235,7 @@ FAMILIES = (  # what `perp_keeper_alert_firing{condition}` is labelled with
     "stuck",
     "funds",
     "funds-capped",
+    "lease",
 )
 CONDITIONS: tuple[Condition, ...] = (
     low_gas,
@@ -242,4 +249,5 @@ CONDITIONS: tuple[Condition, ...] = (
     stuck,
     funds_moved,
     funds_capped,
+    lease_lost,
 )

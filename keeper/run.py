@@ -90,6 +90,7 @@ async def main(args: Any) -> int:
                 write_summary(await engine.run_once(), sys.stdout, wiring.symbols)
             else:
                 service = _alerts(alerting, engine, session.rpc, liquidator, metrics, settings.block_interval)
+                service.lease_state = None if lease is None else lease_watch(lease)
                 async with _alerting(service, plugin.title, tx is None):
                     await _serve(args, settings, engine, session.rpc, metrics, wiring, liquidator)
     finally:
@@ -245,6 +246,20 @@ def _alerts(
 
     service.exported = export
     return service
+
+
+def lease_watch(lease: LeaseKeeper) -> Callable[[], str | None]:
+    """The lease alert's fact: set once this replica has held the signer lease and no longer does."""
+    held_once = False
+
+    def state() -> str | None:
+        nonlocal held_once
+        if lease.active:
+            held_once = True
+            return None
+        return f"this replica ({lease.holder}) lost {lease.name}: a standby now" if held_once else None
+
+    return state
 
 
 @contextlib.asynccontextmanager

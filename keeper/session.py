@@ -148,7 +148,12 @@ async def check_chain(rpc: Rpc, chain_id: int, metadata_path: Path) -> None:
             log.warning("RPC %s does not answer (%s); it is used once it does", seen.name, seen.error)
 
 
+PROGRESS_MIN_BLOCKS = 1_000  # a head's few blocks are not "indexing": only a backfill shows progress
+
+
 def progress_bar(p: Progress) -> None:
+    if p.to_block - p.from_block < PROGRESS_MIN_BLOCKS:
+        return
     done = int(p.fraction * 30)
     end = "\n" if p.done_to >= p.to_block else ""
     if sys.stderr.isatty() or end:

@@ -7,8 +7,10 @@ automatically: `pytest -m chain` selects them, `pytest -m "not chain"` the pure 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +58,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if {"devnet", "snx"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.chain)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the tests measured (tests/figures.py), so CI's output carries the figures."""
+    from tests.figures import MEASURED
+
+    if not MEASURED:
+        return
+    terminalreporter.section("figures measured")
+    for name, figures in MEASURED:
+        terminalreporter.write_line(f"{name}: {json.dumps(figures, sort_keys=True, default=str)}")

@@ -342,3 +342,38 @@ def test_bad_debt_a_plan_reports_is_a_fact_while_its_account_is_planned() -> Non
     assert watch.facts.bad_debt == {"0xdebt": 7 * 10**18}
     watch.ticked(11, [])  # liquidated: no longer planned
     assert watch.facts.bad_debt == {}
+
+
+def test_a_lost_signer_lease_fires_once_the_replica_had_held_it() -> None:
+    from keeper.conditions import lease_lost
+
+    settings = alert_settings({})
+    held = Facts(lease_lost=None)
+    assert lease_lost(held, settings) == []
+    lost = Facts(lease_lost="this replica (h:1:x) lost signer:0xabc: a standby now")
+    (finding,) = lease_lost(lost, settings)
+    assert finding.key == "lease"
+    assert "standby" in finding.text
+
+
+def test_the_lease_fact_is_set_only_after_the_replica_held_the_lease() -> None:
+    from typing import cast
+
+    from keeper.lease import LeaseKeeper
+    from keeper.run import lease_watch
+
+    @dataclass
+    class FakeLease:
+        active: bool = False
+        holder: str = "host:1:abc"
+        name: str = "signer:0xabc"
+
+    lease = FakeLease()
+    state = lease_watch(cast(LeaseKeeper, lease))
+    assert state() is None  # a standby from the start: nothing was lost
+    lease.active = True
+    assert state() is None
+    lease.active = False
+    assert state() == "this replica (host:1:abc) lost signer:0xabc: a standby now"
+    lease.active = True
+    assert state() is None  # held again: the alert resolves

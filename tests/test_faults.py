@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests import figures
+
 ROOT = Path(__file__).resolve().parent.parent
 CI_FAULTS = 150
 pytestmark = [pytest.mark.faults, pytest.mark.chain]
@@ -55,3 +57,4 @@ def test_the_keeper_survives_injected_faults_and_liquidates_everything() -> None
     assert r["unjournaled"] == 0
     assert r["keeper_positions"] == 0  # what it took over was closed, faults or not
     assert r["secrets"] == 0
+    figures.record("faults", {k: v for k, v in r.items() if k != "stderr_tail"})

@@ -48,6 +48,7 @@ from strategies.perp_v2.collateral import CollateralSettings, PerpV2Collateral
 from strategies.perp_v2.inventory import InventorySettings, PerpV2Inventory
 from strategies.perp_v2.plugin import PerpSession, open_session
 from strategies.perp_v2.sale import Seller
+from tests import figures
 from tests.helpers import run_once
 
 KEEPER = Web3.to_checksum_address(KEEPER_ADDRESS)
@@ -191,6 +192,10 @@ async def test_a_hostile_answer_is_refused_and_nothing_leaves_the_keeper(
     assert exposure(devnet) == before  # no token and no allowance went to anyone else
     assert all(v == 0 for v in before.values())
     assert fake.requests[api] > 0
+    figures.record(
+        f"hostile {api} {mode}",
+        {"refused": refused[0]["reason"][:80], "sold_by": honest, "weth_left": weth(devnet) - weth_before},
+    )
 
 
 async def test_when_every_aggregator_is_hostile_uniswap_v3_sells_last(
