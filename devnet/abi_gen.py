@@ -61,6 +61,9 @@ SELECTION: dict[str, tuple[str, tuple[str, ...]]] = {
             "getSettlementTokenValue(address)",
             "getBalanceByToken(address,address)",
             "getCollateralTokens(address)",
+            "getFreeCollateralByToken(address,address)",
+            "deposit(address,uint256)",
+            "withdraw(address,uint256)",
             "Deposited(address,address,uint256)",
             "Withdrawn(address,address,uint256)",
             "CollateralLiquidated(address,address,address,uint256,uint256,uint256,uint24)",
@@ -104,7 +107,9 @@ SELECTION: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     # The standard Multicall3 interface, from our stand-in (its ABI is Multicall3's; the keeper uses the
     # canonical deployment).
-    "Multicall3": ("Multicall3", ("aggregate3((address,bool,bytes)[])",)),
+    "Multicall3": ("Multicall3", ("aggregate3((address,bool,bytes)[])", "getEthBalance(address)")),
+    # WETH9's interface (the canonical WETH9 bytecode's), from our stand-in: unwrapping for gas.
+    "WETH9": ("WETH9", ("withdraw(uint256)",)),
     # The OP Stack GasPriceOracle predeploy's (Fjord) interface, from our stand-in.
     "GasPriceOracle": ("GasPriceOracleStandIn", ("getL1FeeUpperBound(uint256)",)),
     # Synthetix Perps V2, from the deployment file the devnet deploys (devnet/synthetix.py).
