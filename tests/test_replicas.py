@@ -44,6 +44,7 @@ def replicas(devnet: up.Devnet, chain: DevChain, pg_url: str, tmp_path: Path) ->
     finally:
         group.stop()
         chain.rpc("evm_setIntervalMining", 0)
+        chain.rpc("evm_setAutomine", True)  # interval mining turned automine off: the next tests need it
 
 
 @pytest.mark.parametrize("fault", FAULTS)
