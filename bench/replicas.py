@@ -125,6 +125,9 @@ def one_round(
         }
     finally:
         group.stop()
+        # what a replica broadcast as it was stopped must not be mined in the next round (whose journal
+        # is a fresh database): the revert rewinds the nonce, and a pooled transaction would fit again
+        net.chain.rpc("anvil_dropAllTransactions")
 
 
 def main() -> None:

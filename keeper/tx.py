@@ -265,6 +265,10 @@ class TxManager:
                 ),
                 fence=fence,
             )
+        if self.fence is not None and self.fence() != fence:
+            # paused between the fenced write and here, past the TTL: the new holder reconciles the
+            # journal and broadcasts these bytes itself; a resumed ex-holder sends nothing
+            raise LeaseLostError(f"{request.label}: the lease lapsed once {tx_hash} was journaled: not sent")
         pending.hashes.append(tx_hash)
         pending.raw = raw
         self.pending[request.key] = pending
@@ -385,6 +389,8 @@ class TxManager:
         log.info("%s: replaced with %s (fees +12.5 %%, #%d)", p.request.label, tx_hash, p.replacements)
 
     async def _rebroadcast(self, p: Pending) -> None:
+        if self.fence is not None and self.fence() is None:
+            return  # not the holder (any more): the holder follows the journal's pending rows
         try:
             await self._broadcast(p.raw, p.hashes[-1])
         except (RpcError, RpcUnavailableError) as exc:

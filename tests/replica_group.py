@@ -106,7 +106,10 @@ class Replicas:
             restore(self.db_url, self.role(i))
 
     def signed(self, i: int, since: float = 0.0) -> list[dict[str, Any]]:
-        """What replica `i` recorded as signed (its own audit trail) at or after `since` (Unix time)."""
+        """What replica `i` recorded as signed (its own audit trail) at or after `since` (Unix time), by
+        the moment it signed (`created_at`, taken before the fenced write): a record written late, by a
+        process paused right after a fenced write that held, is no send after the fault (the ex-holder
+        then broadcasts nothing: keeper/tx.py re-checks the lease before the broadcast)."""
         path = self.audit_path(i)
         if not path.exists():
             return []
@@ -114,7 +117,9 @@ class Replicas:
         return [
             r
             for r in records
-            if r.get("event") == "journal" and r.get("action") == "signed" and r["time"] >= since
+            if r.get("event") == "journal"
+            and r.get("action") == "signed"
+            and r.get("created_at", r["time"]) >= since
         ]
 
 

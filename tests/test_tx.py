@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from eth_account import Account
 
 from devnet import up
 from devnet.chain import DevChain
 from devnet.scenario import KEEPER_KEY
 from keeper.codec import encode_call
-from keeper.receipts import Pending, TxRequest
+from keeper.journal import Journal
+from keeper.lease import Fence, LeaseLostError
+from keeper.receipts import Pending, TxOutcome, TxRequest
 from keeper.rpc import Rpc
+from keeper.store import Store
 from keeper.tx import TxManager
 from strategies.perp_v2.positions import LIQUIDATE_SIGNATURE
 
@@ -119,3 +124,38 @@ async def test_a_stuck_transaction_is_replaced_with_the_same_nonce(
         assert outcome.status == "mined"
         assert outcome.replacements == 1
         assert chain.w3.eth.get_transaction(outcome.tx_hash)["nonce"] == nonce  # type: ignore[arg-type]
+
+
+async def test_a_lease_lapsing_between_the_journal_and_the_send_sends_nothing(
+    devnet: up.Devnet, chain: DevChain, tmp_path: Path
+) -> None:
+    """A replica paused right after its fenced journal write, past its TTL, wakes up no longer the
+    holder: the journaled bytes are left to the new holder (it reconciles the journal), not broadcast by
+    the ex-holder; nor does an ex-holder's poller re-broadcast what it was following."""
+    store = Store(tmp_path / "state.sqlite")
+    lease = store.lease_claim("signer", "a", 30)
+    assert lease is not None
+    fences = iter([Fence("signer", "a", lease.epoch), None])  # held when signing, lapsed once journaled
+    async with Rpc(devnet.url) as rpc:
+        manager = TxManager(
+            rpc, Account.from_key(KEEPER_KEY), chain.w3.eth.chain_id,
+            journal=Journal(store), fence=lambda: next(fences, None),
+        )  # fmt: skip
+        prepared = await manager.prepare(harmless(devnet, "paused"))
+        assert not isinstance(prepared, TxOutcome)
+        nonce_before = chain.w3.eth.get_transaction_count(manager.address, "pending")
+        with pytest.raises(LeaseLostError, match="journaled: not sent"):
+            await manager.dispatch_all([prepared])
+        (row,) = store.journal_rows(status="pending")
+        assert row["step"] == "paused"
+        assert not _known(chain, row["tx_hash"])  # the node never saw it
+        assert chain.w3.eth.get_transaction_count(manager.address, "pending") == nonce_before
+        assert manager.pending == {}
+        stale = Pending(prepared.request, 0, 21_000, 1, 1, [row["tx_hash"]], bytes(row["raw"]), 0, 0.0)
+        await manager._rebroadcast(stale)  # the poller re-sending one the node forgot
+        assert chain.w3.eth.get_transaction_count(manager.address, "pending") == nonce_before
+    store.close()
+
+
+def _known(chain: DevChain, tx_hash: str) -> bool:
+    return chain.rpc("eth_getTransactionByHash", tx_hash) is not None
