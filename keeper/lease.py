@@ -117,6 +117,10 @@ class LeaseKeeper:
         self.current: Lease | None = None  # the row as last seen
         self._valid_until = 0.0
         self.stop = asyncio.Event()
+        # shards (keeper/fleet.py): ask for a free lease only while under this replica's fair share,
+        # hand one over while above it; a single lease always asks and never hands over
+        self.wants: Callable[[], bool] = lambda: True
+        self.surplus: Callable[[], bool] = lambda: False
 
     def fence(self) -> Fence | None:
         """The fence to send under, or None when this replica must not send."""
@@ -130,6 +134,12 @@ class LeaseKeeper:
 
     def renew_once(self) -> Lease | None:
         """One claim or renewal; a database failure leaves this replica not holding (until the next)."""
+        if not self.active and not self.wants():
+            return self.current
+        if self.active and self.surplus():
+            log.info("lease %s: handed over (more than this replica's share)", self.name)
+            self.release()
+            return self.current
         started = self.clock()
         try:
             row = self.store.lease_claim(self.name, self.holder, self.ttl)

@@ -79,10 +79,11 @@ class Metrics:
         """Expose every endpoint of this RPC client (call once per client)."""
         self.registry.register(EndpointCollector(rpc))
 
-    def watch_lease(self, lease: LeaseKeeper) -> None:
-        """Expose a replica's lease: held, epoch, age, standby vs active (read at every scrape)."""
-        self.registry.register(LeaseCollector(lease))
-        self.lease = lease
+    def watch_leases(self, leases: Sequence[LeaseKeeper]) -> None:
+        """Expose a replica's leases (one, or one per shard): held, epoch, age, standby vs active (read
+        at every scrape). Active: it holds at least one."""
+        self.registry.register(LeaseCollector(leases))
+        self.leases = list(leases)
 
     def ticked(self, head_timestamp: int) -> None:
         self.last_tick_at = time.time()
@@ -105,9 +106,10 @@ class Metrics:
             "tick_age_s": tick_age,
             "head_age_s": head_age,
         }
-        if (lease := getattr(self, "lease", None)) is not None:
+        if leases := getattr(self, "leases", None):
             # a warm standby ticks (healthy); a stalled holder does not (unhealthy)
-            detail["role"] = "active" if lease.active else "standby"
+            detail["role"] = "active" if any(lease.active for lease in leases) else "standby"
+            detail["leases"] = {lease.name: lease.active for lease in leases}
         return not problems, detail
 
     async def serve(self, port: int, host: str = "0.0.0.0") -> asyncio.Server:
@@ -176,23 +178,24 @@ class EndpointCollector(Collector):
 
 
 class LeaseCollector(Collector):
-    def __init__(self, lease: LeaseKeeper) -> None:
-        self.lease = lease
+    def __init__(self, leases: Sequence[LeaseKeeper]) -> None:
+        self.leases = leases
 
     def collect(self) -> Iterator[Metric]:
-        by, name = ["lease"], self.lease.name
+        by = ["lease"]
         held = GaugeMetricFamily("perp_keeper_lease_held", "1 while this replica holds the lease", labels=by)
         epoch = GaugeMetricFamily("perp_keeper_lease_epoch", "The lease's epoch as last seen", labels=by)
         age = GaugeMetricFamily(
             "perp_keeper_lease_age_seconds", "Seconds since the current holder took the lease", labels=by
         )
         active = GaugeMetricFamily("perp_keeper_replica_active", "1: active (signs), 0: warm standby")
-        current = self.lease.current
-        held.add_metric([name], 1.0 if self.lease.active else 0.0)
-        if current is not None:
-            epoch.add_metric([name], current.epoch)
-            age.add_metric([name], max(0.0, time.time() - current.acquired_at))
-        active.add_metric([], 1.0 if self.lease.active else 0.0)
+        for lease in self.leases:
+            current = lease.current
+            held.add_metric([lease.name], 1.0 if lease.active else 0.0)
+            if current is not None:
+                epoch.add_metric([lease.name], current.epoch)
+                age.add_metric([lease.name], max(0.0, time.time() - current.acquired_at))
+        active.add_metric([], 1.0 if any(lease.active for lease in self.leases) else 0.0)
         yield from (held, epoch, age, active)
 
 

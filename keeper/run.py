@@ -1,4 +1,4 @@
-"""`perp-keeper run`: settings, key, the protocol's plugin, tx manager and engine, then go.
+"""`perp-keeper run`: settings, keys, the protocol's plugin, the engines (`keeper/fleet.py`), then go.
 
 The protocol comes from the registry (`--protocol`, `KEEPER_PROTOCOL` or what the metadata describes);
 its plugin wires the strategies. `run` ends only on SIGTERM/SIGINT, or a configuration error at
@@ -16,26 +16,19 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from eth_account.signers.local import LocalAccount
-
 from keeper import alerts, config, registry
 from keeper.audit import AuditLog
 from keeper.conditions import FAMILIES, AlertSettings, Facts, alert_settings
-from keeper.engine import Engine
 from keeper.errors import SettingError
+from keeper.fleet import Fleet, Signing, build
 from keeper.flights import Result
-from keeper.journal import Journal
-from keeper.lease import Gate, LeaseKeeper
+from keeper.lease import LeaseKeeper
 from keeper.loop import HeadLoop
 from keeper.metrics import Metrics, configure_logging
 from keeper.notify import Alert
 from keeper.profit import usd_text
-from keeper.protocol import Session, Wiring
-from keeper.rpc import Rpc
+from keeper.rpc import BlockHeader, Rpc
 from keeper.session import connection_settings, open_session
-from keeper.store import Store
-from keeper.store_pg import PgStore
-from keeper.tx import TxManager
 
 log = logging.getLogger(__name__)
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
@@ -48,7 +41,7 @@ async def main(args: Any) -> int:
     alerting = alert_settings(os.environ)  # a malformed webhook URL is exit 2, before anything
     rpc_url, metadata, state_db = connection_settings(args)
     plugin = registry.select(args.protocol, metadata, os.environ)
-    signer, liquidator = _identity(args, settings)
+    signing = _identity(args, settings)
     audit = AuditLog(
         args.audit_log or os.environ.get("KEEPER_AUDIT_LOG"),
         max_bytes=settings.audit_max_bytes,
@@ -59,126 +52,76 @@ async def main(args: Any) -> int:
     except BaseException:
         audit.close()
         raise
-    wiring: Wiring | None = None
+    fleet: Fleet | None = None
     try:
-        wiring = plugin.wire(session, settings, os.environ, liquidator)
-        tx, lease = await _transactions(session, signer, settings, audit)
         metrics = Metrics(
             block_interval=settings.block_interval, stale_head_seconds=settings.stale_head_seconds
         )
         session.rpc.on_error = lambda kind: metrics.rpc_errors.labels(kind).inc()
         metrics.watch_rpc(session.rpc)
-        engine = Engine(
-            wiring.strategies,
-            session.rpc,
-            liquidator,
-            audit,
-            tx,
-            metrics,
-            gas_budget=settings.gas_budget,
-            max_in_flight=settings.max_in_flight,
-            gate=None if lease is None or tx is None else Gate(lease, tx.start),
-        )
-        if lease is not None:
-            metrics.watch_lease(lease)
-        print(
-            f"perp-keeper {'dry-run' if tx is None else 'live'} ({plugin.name}): liquidator {liquidator}",
-            file=sys.stderr,
-        )
-        async with leasing(lease):
+        fleet = await build(plugin, session, settings, os.environ, audit, metrics, signing)
+        if fleet.leases:
+            metrics.watch_leases(fleet.leases)
+        mode = "live" if signing.keys else "dry-run"
+        for unit in fleet.units:
+            print(f"perp-keeper {mode} ({plugin.name}): liquidator {unit.liquidator}", file=sys.stderr)
+        async with leasing([fleet.presence, *fleet.leases] if fleet.presence else fleet.leases):
             if args.once:
-                write_summary(await engine.run_once(), sys.stdout, wiring.symbols)
+                write_summary(await fleet.run_once(), sys.stdout, fleet.first.wiring.symbols)
             else:
-                service = _alerts(alerting, engine, session.rpc, liquidator, metrics, settings.block_interval)
-                service.lease_state = None if lease is None else lease_watch(lease)
-                async with _alerting(service, plugin.title, tx is None):
-                    await _serve(args, settings, engine, session.rpc, metrics, wiring, liquidator)
+                interval = settings.block_interval
+                service = _alerts(alerting, fleet, session.rpc, signing.liquidator, metrics, interval)
+                service.lease_state = lease_watch(fleet.leases) if fleet.leases else None
+                async with _alerting(service, plugin.title, not signing.keys):
+                    await _serve(args, settings, fleet, session.rpc, metrics)
     finally:
         audit.close()
-        if wiring is not None:
-            await wiring.close()
+        if fleet is not None:
+            await fleet.close()
         await session.close()
     return 0
 
 
-async def _transactions(
-    session: Session, signer: LocalAccount | None, settings: config.RunSettings, audit: AuditLog
-) -> tuple[TxManager | None, LeaseKeeper | None]:
-    """The transaction manager (live only) and, for replicas sharing PostgreSQL, the signer's lease
-    that fences its every journal write. Alone, the journal is reconciled now; a replica reconciles
-    whenever it becomes the holder (`Gate`)."""
-    if signer is None:
-        return None, None
-    lease = replica_lease(session.store, signer.address)
-    tx = TxManager(
-        session.rpc,
-        signer,
-        session.deployment.chain_id,
-        journal=Journal(session.store, audit),
-        max_fee_gwei=settings.max_fee_gwei,
-        fence=None if lease is None else lease.fence,
-    )
-    if lease is None:
-        await tx.start()  # settle the journal with the chain before anything new is signed
-    return tx, lease
-
-
-def replica_lease(store: Store, sender: str) -> LeaseKeeper | None:
-    """With PostgreSQL state, any number of `run` processes act as one keeper: one lease per signing
-    key elects the one that signs (docs/replicas.md). SQLite is one instance: no lease."""
-    if not isinstance(store, PgStore):
-        return None
-    replica = config.replica_settings()
-    return LeaseKeeper(
-        store, f"signer:{sender.lower()}", replica.replica_id, ttl=replica.ttl, renew=replica.renew
-    )
-
-
 @contextlib.asynccontextmanager
-async def leasing(lease: LeaseKeeper | None) -> AsyncIterator[None]:
-    """Renew the lease in the background while the keeper runs; hand it over on the way out. A first
-    claim is made before the first head, so a lone replica sends at once."""
-    if lease is None:
-        yield
-        return
-    lease.renew_once()
-    task = asyncio.create_task(lease.run(), name="lease")
+async def leasing(leases: Sequence[LeaseKeeper]) -> AsyncIterator[None]:
+    """Renew the leases in the background while the keeper runs; hand them over on the way out. A
+    first claim is made before the first head, so a lone replica sends at once."""
+    for lease in leases:
+        lease.renew_once()
+    tasks = [asyncio.create_task(lease.run(), name=f"lease {lease.name}") for lease in leases]
     try:
         yield
     finally:
-        lease.stop.set()
-        await task
+        for lease in leases:
+            lease.stop.set()
+        await asyncio.gather(*tasks)
 
 
-def _identity(args: Any, settings: config.RunSettings) -> tuple[LocalAccount | None, str]:
-    """The signer (live) and the liquidator address plans are made for.
+def _identity(args: Any, settings: config.RunSettings) -> Signing:
+    """The keys (live) and the liquidator address plans are made for.
 
     A dry-run reads no key at all, whatever the environment holds: it plans for `--from`, else for
     `DRY_RUN_LIQUIDATOR` (the zero address), so an auditor's run can never load or decrypt a secret.
+    Live with KEEPER_SHARDS=N: one key per shard (`config.shard_signers`).
     """
     if settings.dry_run:
         if args.from_address:
-            return None, config.address(args.from_address, "--from")
-        return None, DRY_RUN_LIQUIDATOR
+            return Signing([], config.address(args.from_address, "--from"))
+        return Signing([], DRY_RUN_LIQUIDATOR)
     if args.from_address:
         raise SettingError("--from: only with --dry-run (live, the key decides the liquidator)")
+    if (count := config.shard_count()) > 1:
+        keys = config.shard_signers()
+        return Signing(keys, keys[0].address, count)
     signer = config.signer()
     if signer is None:
         raise SettingError(
             "no key: set KEEPER_PRIVATE_KEY, KEEPER_PRIVATE_KEY_FILE or KEEPER_KEYSTORE (or use --dry-run)"
         )
-    return signer, signer.address
+    return Signing([signer], signer.address)
 
 
-async def _serve(
-    args: Any,
-    settings: config.RunSettings,
-    engine: Engine,
-    engine_rpc: Rpc,
-    metrics: Metrics,
-    wiring: Wiring,
-    liquidator: str,
-) -> None:
+async def _serve(args: Any, settings: config.RunSettings, fleet: Fleet, rpc: Rpc, metrics: Metrics) -> None:
     ws_url = args.ws_url or os.environ.get("KEEPER_WS_URL") or None
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     server = await metrics.serve(port) if port else None
@@ -186,25 +129,26 @@ async def _serve(
         log.info("metrics on :%d/metrics, health on :%d/health", port, port)
 
     async def side_jobs() -> None:
-        metrics.accounts.set(wiring.accounts())
-        await wiring.funds(liquidator)
+        metrics.accounts.set(fleet.first.wiring.accounts())
+        for unit in fleet.units:
+            await unit.wiring.funds(unit.liquidator)
 
     try:
-        await follow_heads(engine, engine_rpc, ws_url, side_jobs, metrics, settings.block_interval)
-        if len(engine.flights):  # SIGTERM: planning stopped; follow what is in flight for a while
+        await follow_heads(fleet.tick, rpc, ws_url, side_jobs, metrics, settings.block_interval)
+        if fleet.in_flight:  # SIGTERM: planning stopped; follow what is in flight for a while
             log.info(
                 "stopping: following %d plans in flight for up to %.0f s",
-                len(engine.flights),
+                fleet.in_flight,
                 settings.shutdown_grace,
             )
-            await engine.drain(settings.shutdown_grace)
+            await fleet.drain(settings.shutdown_grace)
     finally:
         if server is not None:
             server.close()
 
 
 async def follow_heads(
-    engine: Engine,
+    tick: Callable[[BlockHeader], Awaitable[object]],
     rpc: Rpc,
     ws_url: str | None,
     funds: Callable[[], Awaitable[None]],
@@ -215,7 +159,7 @@ async def follow_heads(
     Without a WebSocket, the head is polled four times a block (at most every 1.5 s)."""
     loop = HeadLoop(
         rpc,
-        engine.tick,
+        tick,
         ws_url=ws_url,
         poll_after=max(0.1, min(1.5, block_interval / 4)),
         on_error=None if metrics is None else lambda kind, _exc: metrics.errors.labels(kind).inc(),
@@ -229,14 +173,16 @@ async def follow_heads(
 
 
 def _alerts(
-    settings: AlertSettings, engine: Engine, rpc: Rpc, keeper: str, metrics: Metrics, interval: float
+    settings: AlertSettings, fleet: Fleet, rpc: Rpc, keeper: str, metrics: Metrics, interval: float
 ) -> alerts.Service:
-    """The alert service, fed by the engine's hooks; its deliveries and firing conditions in metrics."""
-    replacements = engine.tx.max_replacements if isinstance(engine.tx, TxManager) else 3
+    """The alert service, fed by the engines' hooks; its deliveries and firing conditions in metrics."""
+    tx = fleet.first.tx
+    replacements = tx.max_replacements if tx is not None else 3
     count = lambda outcome: metrics.alerts.labels(outcome).inc()  # noqa: E731
     service = alerts.build(settings, keeper, rpc, interval, replacements, count)
-    engine.hooks.planned, engine.hooks.landed = service.watch.planned, service.watch.landed
-    engine.hooks.ticked = service.watch.ticked
+    for engine in fleet.engines:
+        engine.hooks.planned, engine.hooks.landed = service.watch.planned, service.watch.landed
+    fleet.ticked = service.watch.ticked  # once per head, every shard's results
 
     def export(facts: Facts, firing: set[str]) -> None:
         if facts.eth_wei is not None:
@@ -248,16 +194,20 @@ def _alerts(
     return service
 
 
-def lease_watch(lease: LeaseKeeper) -> Callable[[], str | None]:
-    """The lease alert's fact: set once this replica has held the signer lease and no longer does."""
-    held_once = False
+def lease_watch(leases: Sequence[LeaseKeeper]) -> Callable[[], str | None]:
+    """The lease alert's fact: set once this replica has held a lease and no longer does."""
+    held_once: set[str] = set()
 
     def state() -> str | None:
-        nonlocal held_once
-        if lease.active:
-            held_once = True
+        lost = []
+        for lease in leases:
+            if lease.active:
+                held_once.add(lease.name)
+            elif lease.name in held_once:
+                lost.append(lease.name)
+        if not lost:
             return None
-        return f"this replica ({lease.holder}) lost {lease.name}: a standby now" if held_once else None
+        return f"this replica ({leases[0].holder}) lost {', '.join(lost)}: a standby now"
 
     return state
 

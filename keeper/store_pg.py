@@ -285,6 +285,26 @@ class PgStore(Store):
             cur.execute(f"SELECT {', '.join(LEASE_COLUMNS)} FROM leases WHERE epoch > 0 ORDER BY name")
             return [_lease_of(values) for values in cur.fetchall()]
 
+    def live_replicas(self, forget_after: float = 3600.0) -> int:
+        """How many replicas are up: live `replica:<id>` presence leases, by the database's clock.
+        Presence rows expired for `forget_after` seconds are deleted (a restart is a new id): bounded."""
+        presence = "replica:%"
+        with self._transaction() as cur:
+            now = _db_now(cur)
+            cur.execute(
+                "DELETE FROM leases WHERE name LIKE %s AND expires_at < %s", (presence, now - forget_after)
+            )
+            cur.execute(
+                "DELETE FROM lease_history WHERE name LIKE %s AND name NOT IN (SELECT name FROM leases)",
+                (presence,),
+            )
+            cur.execute(
+                "SELECT count(*) FROM leases WHERE name LIKE %s AND epoch > 0 AND expires_at > %s",
+                (presence, now),
+            )
+            (count,) = cur.fetchone() or (0,)
+            return int(count)
+
     def lease_history(self, name: str) -> list[tuple[int, str, float]]:
         with self._transaction() as cur:
             cur.execute(

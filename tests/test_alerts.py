@@ -369,7 +369,7 @@ def test_the_lease_fact_is_set_only_after_the_replica_held_the_lease() -> None:
         name: str = "signer:0xabc"
 
     lease = FakeLease()
-    state = lease_watch(cast(LeaseKeeper, lease))
+    state = lease_watch([cast(LeaseKeeper, lease)])
     assert state() is None  # a standby from the start: nothing was lost
     lease.active = True
     assert state() is None

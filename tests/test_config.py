@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,15 @@ def test_run_settings_defaults_and_money_in_exact_units() -> None:
     assert capped.max_keeper_fee == 1_000_500_000_000_000_000_000
     assert capped.dry_run
     assert capped.max_fee_gwei == 3
+
+
+def test_every_setting_the_code_reads_is_in_the_example_env_and_documented() -> None:
+    """.env.example says it lists every setting: a new one must land there and in README/docs too."""
+    root = Path(__file__).resolve().parent.parent
+    sources = [p for d in ("keeper", "strategies", "devnet") for p in (root / d).rglob("*.py")]
+    read = {m for p in sources for m in re.findall(r"\"((?:PERP_)?KEEPER_[A-Z0-9_]+)\"", p.read_text())}
+    assert {"KEEPER_RPC_URL", "KEEPER_SHARDS", "KEEPER_DATABASE_URL"} <= read  # the finder finds
+    example = (root / ".env.example").read_text()
+    docs = "\n".join(p.read_text() for p in [root / "README.md", *(root / "docs").glob("*.md")])
+    assert sorted(v for v in read if v not in example) == []
+    assert sorted(v for v in read if v not in docs) == []

@@ -231,3 +231,21 @@ def test_the_monitoring_profile_mounts_the_rules_and_the_dashboard() -> None:
         for volume in services[name]["volumes"]:
             assert (MONITORING / volume.split(":")[0]).exists(), volume
     assert "profiles" not in services["keeper"]  # the keeper starts without the profile
+
+
+def test_compose_runs_two_replicas_on_one_postgresql() -> None:
+    """docker/compose.yaml: a PostgreSQL service and two keeper replicas with one database URL, each
+    its own replica id, metrics port and audit volume; they start once the database is ready."""
+    services = yaml.load((MONITORING / "compose.yaml").read_text())["services"]
+    assert services["db"]["image"].startswith("postgres:")
+    replicas = [services["keeper"], services["keeper-2"]]
+    urls = {r["environment"]["KEEPER_DATABASE_URL"] for r in replicas}
+    assert len(urls) == 1
+    assert next(iter(urls)).startswith("postgresql://keeper:")
+    assert "@db:5432/" in next(iter(urls))
+    assert len({r["environment"]["KEEPER_REPLICA_ID"] for r in replicas}) == 2
+    assert len({r["ports"][0].split(":")[0] for r in replicas}) == 2
+    assert len({r["volumes"][0].split(":")[0] for r in replicas}) == 2
+    for r in replicas:
+        assert r["depends_on"]["db"]["condition"] == "service_healthy"
+        assert r["command"] == services["keeper"]["command"]

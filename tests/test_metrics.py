@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from prometheus_client import generate_latest
 
@@ -63,3 +64,27 @@ def _dies_and_stops(loop: HeadLoop) -> Callable[[], Awaitable[None]]:
         raise RuntimeError("poller bug")
 
     return task
+
+
+def test_a_replica_with_shard_leases_shows_each_and_is_active_while_it_holds_one() -> None:
+    from keeper.lease import Lease, LeaseKeeper
+
+    class Held:  # what the collector and /health read of a LeaseKeeper
+        def __init__(self, name: str, active: bool, epoch: int) -> None:
+            self.name, self.active = name, active
+            self.current = Lease(name, "me", epoch, 10.0**10, 1.0, 1.0)
+
+    metrics = Metrics(block_interval=2.0)
+    leases = [Held("shard:0", True, 3), Held("shard:1", False, 7)]
+    metrics.watch_leases(cast(list[LeaseKeeper], leases))
+    text = generate_latest(metrics.registry).decode()
+    assert 'perp_keeper_lease_held{lease="shard:0"} 1.0' in text
+    assert 'perp_keeper_lease_held{lease="shard:1"} 0.0' in text
+    assert 'perp_keeper_lease_epoch{lease="shard:1"} 7.0' in text
+    assert "perp_keeper_replica_active 1.0" in text
+    metrics.ticked(10**10)
+    assert metrics.health()[1]["role"] == "active"
+    assert metrics.health()[1]["leases"] == {"shard:0": True, "shard:1": False}
+    leases[0].active = False
+    assert metrics.health()[1]["role"] == "standby"
+    assert "perp_keeper_replica_active 0.0" in generate_latest(metrics.registry).decode()

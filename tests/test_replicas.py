@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from eth_account import Account
+from eth_utils.crypto import keccak
 
-from devnet import up
+from devnet import units, up
 from devnet.chain import DevChain
-from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY
+from devnet.scenario import KEEPER_ADDRESS, KEEPER_KEY, ScenarioBuilder
+from keeper.shards import shard_of
 from tests.helpers import cli_output
 from tests.pg import PgServer, pg_server, pg_url  # noqa: F401  (fixtures)
 from tests.replica_group import FAULTS, Replicas, duplicates, wait_for
@@ -83,3 +86,47 @@ def test_a_standby_takes_over_and_nothing_is_sent_twice(
         assert replicas.procs[0].poll() is None  # it lives on, as a standby
         assert replicas.holder() == new_holder
         assert replicas.signed(0, since=resumed_at) == []
+
+
+SHARD_KEYS = (KEEPER_KEY, "0x" + keccak(b"perp-keeper test shard 1").hex())
+
+
+def test_two_shards_spread_over_two_replicas_and_move_when_one_dies(
+    replicas: Replicas,
+    devnet: up.Devnet,
+    pg_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """KEEPER_SHARDS=2, two replicas: the first up holds both shard leases, hands one to the second
+    when it comes up (a share each), and, killed, its shard moves to the other within TTL + 1 block.
+    Every liquidation is signed by its account's shard key, none twice."""
+    signers = [Account.from_key(key).address for key in SHARD_KEYS]
+    funding = ScenarioBuilder(devnet.deployment)  # the second shard's keeper, funded like the first
+    devnet.chain.set_balance(signers[1], units.ether(1_000))
+    funding.deposit_usdc(signers[1], units.usdc(1_000_000))
+    funding.mint_usdc(signers[1], units.usdc(1_000_000))
+    accounts = liquidatable(devnet, tmp_path)
+    assert {shard_of(a, 2) for a in accounts} == {0, 1}, "both shards have work"
+    env = {"KEEPER_SHARDS": "2", **{f"KEEPER_PRIVATE_KEY_{i}": key for i, key in enumerate(SHARD_KEYS)}}
+    both = ("shard:0", "shard:1")
+
+    def holders() -> list[int | None]:
+        return [replicas.holder(name) for name in both]
+
+    replicas.start(1, env)
+    wait_for("the first replica holds both shards", lambda: holders() == [0, 0], 60)
+    replicas.start(1, env)
+    wait_for("a shard each", lambda: holders() == [0, 1], 30)
+    wait_for("the first replica signs", lambda: replicas.signed(0), 60)
+    replicas.fault(0, "kill")
+    faulted = time.monotonic()
+    took = wait_for("its shard moves", lambda: holders() == [1, 1], 30)
+    assert took - faulted <= TTL + BLOCK + SLACK
+    wait_for("every account liquidated", lambda: not liquidatable(devnet, tmp_path), 120)
+    wait_for("nothing pending", lambda: not replicas.store.journal_rows(status="pending"), 60)
+    assert duplicates(pg_url, [replicas.audit_path(i) for i in range(2)]) == 0
+    rows = [r for r in replicas.store.journal_rows() if r["account"] in {a.lower() for a in accounts}]
+    for row in rows:
+        assert row["sender"] == signers[shard_of(row["account"], 2)].lower(), row["label"]
+    assert {r["sender"] for r in rows} == {s.lower() for s in signers}  # both shards' keys signed
+    assert replicas.signed(1)  # the second replica signed too

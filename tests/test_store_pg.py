@@ -178,3 +178,41 @@ def test_the_server_fixture_runs_as_the_postgres_user_when_root(pg_server: PgSer
         row = conn.execute("SELECT current_setting('data_directory')").fetchone()
     assert row is not None
     assert str(pg_server.data) == row[0]
+
+
+def test_shard_leases_spread_over_the_live_replicas_and_move_when_one_stops(store: PgStore) -> None:
+    """Four shard leases, two replicas renewing in turn (the database's clock judges expiry): the first
+    takes all four, hands two over once the second is up, and gets them back once the second stops
+    renewing; rows of replicas long gone are forgotten."""
+    from keeper.fleet import ShardShare
+    from keeper.lease import LeaseKeeper
+
+    def replica(name: str) -> tuple[LeaseKeeper, list[LeaseKeeper]]:
+        presence = LeaseKeeper(store, f"replica:{name}", name, ttl=1.0, renew=0.0)
+        shards = [LeaseKeeper(store, f"shard:{i}", name, ttl=1.0, renew=0.0) for i in range(4)]
+        ShardShare(store, presence, shards)
+        return presence, shards
+
+    def renew(*replicas: tuple[LeaseKeeper, list[LeaseKeeper]]) -> None:
+        for presence, shards in replicas:
+            presence.renew_once()
+            for lease in shards:
+                lease.renew_once()
+
+    def held(shards: list[LeaseKeeper]) -> list[int]:
+        return [i for i, lease in enumerate(shards) if lease.active]
+
+    a, b = replica("a"), replica("b")
+    renew(a)
+    assert held(a[1]) == [0, 1, 2, 3]  # alone: every shard
+    for _ in range(4):
+        renew(b, a)
+    assert held(a[1]) == [0, 1] and held(b[1]) == [2, 3]  # noqa: PT018  (a share each)
+    assert store.live_replicas() == 2
+    time.sleep(1.2)  # b stops renewing: its presence and its shards lapse together
+    for _ in range(3):
+        renew(a)
+    assert held(a[1]) == [0, 1, 2, 3]
+    assert store.live_replicas() == 1
+    assert store.live_replicas(forget_after=0.0) == 1  # b's presence row is gone, a's is live
+    assert [x.name for x in store.leases() if x.name.startswith("replica:")] == ["replica:a"]
