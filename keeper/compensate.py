@@ -21,6 +21,7 @@ from eth_utils.address import is_address, to_checksum_address
 
 from keeper import compensation, registry
 from keeper.compensation import Claim, Payment
+from keeper.config import usd_amount
 from keeper.errors import SettingError
 from keeper.events import COLLATERAL, POSITION
 from keeper.history import collect, history_of
@@ -98,7 +99,7 @@ async def value_claims(history: History, blocks: dict[str, int], price: str) -> 
 async def main(args: Any, out: TextIO | None = None) -> int:
     rpc_url, metadata, state_db = connection_settings(args)
     plugin = registry.described_by(metadata)
-    fund = compensation.usd_amount(args.fund, "--fund")
+    fund = usd_amount(args.fund, "--fund")
     policy = compensation.parse_policy(args.policy)
     excluded = set(read_addresses(Path(args.exclude), "--exclude")) if args.exclude else set()
     session = await open_session(plugin, rpc_url, metadata, state_db)

@@ -18,12 +18,12 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from keeper.config import X18, usd_amount
 from keeper.errors import SettingError
 
-X18 = 10**18
 POLICIES = ("pro-rata", "smallest-first", "threshold:X")
 
 
@@ -63,17 +63,6 @@ class Payment:
             "paid": self.paid,
             "shortfall": self.shortfall,
         }
-
-
-def usd_amount(text: str, setting: str) -> int:
-    """A non-negative decimal USD amount ("250000", "1234.56") as an X18 integer."""
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise SettingError(f"{setting}: not a number: {text!r}") from None
-    if not value.is_finite() or value < 0:
-        raise SettingError(f"{setting}: must be a non-negative amount of USD, got {text!r}")
-    return int(value * X18)
 
 
 def parse_policy(text: str) -> Policy:

@@ -71,12 +71,17 @@ def usd(env: Mapping[str, str], name: str, default: str | None) -> int | None:
     text = env.get(name, default)
     if text is None or text == "":
         return None
+    return usd_amount(text, name)
+
+
+def usd_amount(text: str, setting: str) -> int:
+    """A non-negative decimal USD amount ("250000", "1234.56") as an X18 integer, exactly."""
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise SettingError(f"{name}: not a number: {text!r}") from None
+        raise SettingError(f"{setting}: not a number: {text!r}") from None
     if not value.is_finite() or value < 0:
-        raise SettingError(f"{name}: must be a non-negative number of USD, got {text!r}")
+        raise SettingError(f"{setting}: must be a non-negative number of USD, got {text!r}")
     return int(value * X18)
 
 
