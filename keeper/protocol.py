@@ -10,7 +10,7 @@ entry-point group (`keeper/registry.py`) and never imports them.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -60,6 +60,9 @@ class Session:
     indexer: Indexer
     read: Reader
     metadata_path: Path
+    # what a protocol's wirings of one run share (keys of its own): with shards, one wiring per shard
+    # key reads the chain through one scanner and one index sync per head, not one each
+    shared: dict[str, Any] = field(default_factory=dict)
 
     async def close(self) -> None:
         self.store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -270,3 +271,34 @@ def test_scan_bad_input_is_one_line_and_exit_2(
     assert code == 2
     assert message in err
     assert len(err.splitlines()) == 1
+
+
+async def test_shards_wirings_read_through_one_scanner_once_per_head(
+    session: PerpSession, chain: DevChain
+) -> None:
+    """KEEPER_SHARDS: one wiring per shard key on one session share the scanner (and so the index
+    sync): the shards' engines refreshing at one head read the accounts once, not once each."""
+    from keeper import config
+    from strategies.perp_v2.plugin import PLUGIN
+
+    base = session.session
+    wirings = [PLUGIN.wire(base, config.run_settings({}), {}, f"0x{i:040x}") for i in (1, 2)]
+    scanners = {id(s.scanner) for w in wirings for s in w.strategies if hasattr(s, "scanner")}
+    assert len(scanners) == 1
+    scanner = next(s.scanner for s in wirings[0].strategies if hasattr(s, "scanner"))
+    await scanner.update(await base.rpc.header("latest"))  # the cold scan
+    reads = 0
+    read = scanner._read
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        nonlocal reads
+        reads += 1
+        return await read(*args, **kwargs)
+
+    scanner._read = counting
+    chain.rpc("evm_mine")
+    head = await base.rpc.header("latest")
+    await asyncio.gather(*(s.refresh(head) for w in wirings for s in w.strategies[:2]))
+    assert reads == 1
+    for w in wirings:
+        await w.close()

@@ -38,6 +38,7 @@ from strategies.perp_v2.views import PARAMETER_CONTRACTS
 
 log = logging.getLogger(__name__)
 LOW_FREE_COLLATERAL_USDC = 1_000 * 10**6
+SCANNER = "perp-v2:scanner"  # in `Session.shared`
 
 
 class PerpV2Plugin:
@@ -61,7 +62,9 @@ class PerpV2Plugin:
         self, session: Session, settings: RunSettings, env: Mapping[str, str], liquidator: str
     ) -> Wiring:
         d: Deployment = session.deployment
-        scanner = Scanner(d, session.indexer, session.read)
+        scanner = session.shared.get(SCANNER)
+        if scanner is None:  # shards: every shard's wiring reads through the one scanner
+            scanner = session.shared[SCANNER] = Scanner(d, session.indexer, session.read)
         positions = PerpV2Positions(
             d,
             scanner,

@@ -15,6 +15,7 @@ A reorg or a protocol parameter change falls back to a full scan / a parameter r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -67,6 +68,7 @@ class Scanner:
         self.tolerances: dict[str, risk.Tolerance] = {}
         self._sweep_cursor = 0
         self._head_hash: str | None = None  # of the block the snapshot was read at
+        self._updating = asyncio.Lock()  # strategies (and shards' engines) share one scanner
 
     # --- public -------------------------------------------------------------------------------------
     async def full_scan(self, head: BlockHeader | None = None) -> UpdateStats:
@@ -87,7 +89,12 @@ class Scanner:
         return stats
 
     async def update(self, head: BlockHeader | None = None) -> UpdateStats:
-        """Bring the picture to `head` reading only what may have changed (see the module doc)."""
+        """Bring the picture to `head` reading only what may have changed (see the module doc). Callers
+        at once are served one at a time: the second one at the same head reads nothing."""
+        async with self._updating:
+            return await self._update(head)
+
+    async def _update(self, head: BlockHeader | None) -> UpdateStats:
         if self.snapshot is None:
             return await self.full_scan(head)
         started = time.monotonic()

@@ -26,6 +26,8 @@ from strategies.synthetix_perps_v2.metadata import (
 )
 from strategies.synthetix_perps_v2.strategy import SynthetixPerpsV2, SynthetixSettings, account_sources
 
+STRATEGY = "synthetix-perps-v2:strategy"  # in `Session.shared`
+
 
 class SynthetixPerpsV2Plugin:
     name = SYNTHETIX_PERPS_V2
@@ -48,19 +50,21 @@ class SynthetixPerpsV2Plugin:
     ) -> Wiring:
         d: SynthetixDeployment = session.deployment
         uniswap = UniswapV3.configured(session.rpc, d.quoter_v2, d.swap_router, env)
-        strategy = SynthetixPerpsV2(
-            d,
-            session.indexer,
-            session.rpc,
-            session.read,
-            SynthetixSettings(
-                min_profit=settings.min_profit,
-                max_keeper_fee=settings.max_keeper_fee,
-                max_fee_gwei=settings.max_fee_gwei,
-                susd_usd=settings.susd_usd,
-            ),
-            uniswap,
-        )
+        strategy = session.shared.get(STRATEGY)
+        if strategy is None:  # shards: every shard's wiring reads through the one strategy
+            strategy = session.shared[STRATEGY] = SynthetixPerpsV2(
+                d,
+                session.indexer,
+                session.rpc,
+                session.read,
+                SynthetixSettings(
+                    min_profit=settings.min_profit,
+                    max_keeper_fee=settings.max_keeper_fee,
+                    max_fee_gwei=settings.max_fee_gwei,
+                    susd_usd=settings.susd_usd,
+                ),
+                uniswap,
+            )
         strategies: list[Any] = [strategy, *_funds(session, env, liquidator, uniswap, settings, strategy)]
 
         async def nothing_to_close() -> None:

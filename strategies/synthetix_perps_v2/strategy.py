@@ -11,6 +11,7 @@ sUSD->USDC quote (SIP-423: not at 1 USD), then priced like every other plan (kee
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,10 +99,21 @@ class SynthetixPerpsV2:
         self.positions: list[Position] = []
         self.tiers = Tiers()
         self._usdc_decimals: int | None = None
+        self._refreshing = asyncio.Lock()
+        self._head_hash: str | None = None  # of the block the picture was read at
 
     # --- the picture of the chain ---------------------------------------------------------------------
     async def refresh(self, head: BlockHeader | None = None) -> None:
+        """Index and read up to `head`; callers at once (shards' engines) are served one at a time, and
+        a second one at the same head reads nothing."""
+        async with self._refreshing:
+            if head is not None and head.hash == self._head_hash:
+                return
+            await self._refresh(head)
+
+    async def _refresh(self, head: BlockHeader | None) -> None:
         synced = await self.indexer.sync(head)
+        self._head_hash = synced.head.hash
         block = synced.head.number
         if self.params is None or synced.watched_changed:
             self.params = await read_parameters(self.read, self.d, block)
