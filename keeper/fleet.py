@@ -73,9 +73,11 @@ class Fleet:
 
     async def tick(self, head: BlockHeader | None = None) -> list[Result]:
         head = head or await self.first.engine.rpc.header("latest")
-        each = await asyncio.gather(*(e.tick(head) for e in self.engines))
-        results = [r for rs in each for r in rs]
+        each = await asyncio.gather(*(e.tick(head) for e in self.engines), return_exceptions=True)
+        results = [r for rs in each if not isinstance(rs, BaseException) for r in rs]
         Hooks.call(self.ticked, head.number, results)
+        if failed := next((rs for rs in each if isinstance(rs, BaseException)), None):
+            raise failed  # the loop's error policy, once every shard's engine had its tick
         return results
 
     async def run_once(self) -> list[Result]:
