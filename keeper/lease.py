@@ -121,6 +121,7 @@ class LeaseKeeper:
         # hand one over while above it; a single lease always asks and never hands over
         self.wants: Callable[[], bool] = lambda: True
         self.surplus: Callable[[], bool] = lambda: False
+        self.handed_over = False  # released for the share, not lost: no alert
 
     def fence(self) -> Fence | None:
         """The fence to send under, or None when this replica must not send."""
@@ -139,6 +140,7 @@ class LeaseKeeper:
         if self.active and self.surplus():
             log.info("lease %s: handed over (more than this replica's share)", self.name)
             self.release()
+            self.handed_over = True
             return self.current
         started = self.clock()
         try:
@@ -157,6 +159,7 @@ class LeaseKeeper:
             and (before is None or (before.epoch, before.holder) != (row.epoch, row.holder))
         ):
             log.info("lease %s: taken at epoch %d", self.name, row.epoch)
+            self.handed_over = False
         elif not mine and before is not None and before.holder == self.holder:
             log.warning("lease %s: lost to %s", self.name, row.holder if row else "nobody")
         return row

@@ -195,7 +195,8 @@ def _alerts(
 
 
 def lease_watch(leases: Sequence[LeaseKeeper]) -> Callable[[], str | None]:
-    """The lease alert's fact: set once this replica has held a lease and no longer does."""
+    """The lease alert's fact: set once this replica has held a lease and no longer does (a shard
+    handed over to a replica that joined is not lost)."""
     held_once: set[str] = set()
 
     def state() -> str | None:
@@ -203,7 +204,7 @@ def lease_watch(leases: Sequence[LeaseKeeper]) -> Callable[[], str | None]:
         for lease in leases:
             if lease.active:
                 held_once.add(lease.name)
-            elif lease.name in held_once:
+            elif lease.name in held_once and not lease.handed_over:
                 lost.append(lease.name)
         if not lost:
             return None

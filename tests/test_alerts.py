@@ -367,6 +367,7 @@ def test_the_lease_fact_is_set_only_after_the_replica_held_the_lease() -> None:
         active: bool = False
         holder: str = "host:1:abc"
         name: str = "signer:0xabc"
+        handed_over: bool = False
 
     lease = FakeLease()
     state = lease_watch([cast(LeaseKeeper, lease)])
@@ -377,3 +378,5 @@ def test_the_lease_fact_is_set_only_after_the_replica_held_the_lease() -> None:
     assert state() == "this replica (host:1:abc) lost signer:0xabc: a standby now"
     lease.active = True
     assert state() is None  # held again: the alert resolves
+    lease.active, lease.handed_over = False, True
+    assert state() is None  # a shard handed over to a replica that joined: not lost
