@@ -12,7 +12,8 @@ Builds the chain (nothing cached): a fresh devnet (scenario `empty`), empty bloc
 first - anvil mines an empty block several times faster on a small state than once it holds
 thousands of accounts - then N real accounts with bench/scan.py's builder, an ETH crash that makes
 many liquidatable, up to --liquidations of them liquidated by the devnet keeper (direct `liquidate`
-transactions, batched), and empty blocks until the chain has --blocks blocks after the deployment.
+transactions, many to a block as in a crash), and empty blocks until the chain has --blocks blocks
+after the deployment.
 It measures through a proxy adding --rtt-ms per HTTP request:
 
 * cold: `history --json` over the last --blocks blocks with a fresh state database (every log read);
@@ -109,9 +110,31 @@ def crash_and_liquidate(url: str, metadata: Path, d: Deployment, n: int, limit: 
         for a in liquidatable[:limit]
         for base in bases
     ]
-    for start in range(0, len(txs), BATCH):
-        driver.send_all(txs[start : start + BATCH], tolerate=True)  # no position in that market: reverts
+    send_in_full_blocks(chain, driver, txs)
     return first, chain.w3.eth.block_number
+
+
+def send_in_full_blocks(chain: DevChain, driver: Driver, txs: list[dict[str, str]]) -> None:
+    """Many liquidations to a block, as in a crash: automine off, every transaction in the pool, then
+    blocks mined until it is empty. One block per transaction would spread 1,000 liquidations over 1,000
+    blocks, past the states the node keeps (`devnet/anvil.py`), which --lateness reads."""
+    keeper = txs[0]["from"] if txs else None
+    if keeper is None:
+        return
+    nonce = int(chain.rpc("eth_getTransactionCount", keeper, "pending"), 16)
+    chain.rpc("evm_setAutomine", False)
+    try:
+        for start in range(0, len(txs), BATCH):
+            chunk = txs[start : start + BATCH]
+            numbered = [{**tx, "gas": hex(3_000_000), "nonce": hex(nonce + i)} for i, tx in enumerate(chunk)]
+            nonce += len(chunk)
+            driver.batch([("eth_sendTransaction", [tx]) for tx in numbered])
+        while int(chain.rpc("txpool_status")["pending"], 16):
+            chain.rpc("evm_mine")  # as many as the block's gas limit holds; reverts (no position) too
+    finally:
+        chain.rpc("evm_setAutomine", True)
+    blocks = chain.w3.eth.block_number
+    print(f"  {len(txs)} liquidation transactions mined by block {blocks}", file=sys.stderr)
 
 
 async def _truth(url: str, d: Deployment, accounts: list[str], block: int) -> set[str]:
